@@ -1,0 +1,58 @@
+# jaas-py developer entry points. `make demo` and `make test` are the two
+# commands the README promises; everything they need is installed by them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CACHE := $(HOME)/.cache/jaas-py
+ONCE ?=
+
+.PHONY: all venv controlplane controlplane-mod test lint typecheck unit e2e demo clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python >= 3.11 is required ($(PYTHON) is $$($(PYTHON) --version))" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# Builds (or reuses from ~/.cache/jaas-py) kube-apiserver and etcd, and fetches
+# Flux's source CRDs. See tools/controlplane/.
+controlplane:
+	@tools/controlplane/build.sh >/dev/null
+
+# Regenerates tools/controlplane/go.mod and go.sum after a version bump.
+controlplane-mod:
+	tools/controlplane/generate-gomod.sh
+
+lint: venv
+	$(VENV)/bin/ruff check jaas tests loadtests
+	$(VENV)/bin/ruff format --check jaas tests loadtests
+
+typecheck: venv
+	$(VENV)/bin/mypy jaas tests loadtests
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit
+
+e2e: venv controlplane
+	$(VENV)/bin/pytest tests/e2e
+
+# The whole suite: lint, types, unit and end-to-end tests on a real control plane.
+test: venv controlplane
+	$(VENV)/bin/ruff check jaas tests loadtests
+	$(VENV)/bin/ruff format --check jaas tests loadtests
+	$(VENV)/bin/mypy jaas tests loadtests
+	$(VENV)/bin/pytest
+
+# Starts a control plane and `jaas operator --shards 2`, applies examples/ and
+# shows the result. ONCE=1 stops after printing and fails unless all are Ready.
+demo: venv controlplane
+	$(PY) -m jaas.demo $(if $(ONCE),--once,)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The JaaS v1 API as the operator sees it: constants, Ready reasons, parsed specs."""

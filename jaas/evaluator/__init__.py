@@ -1,0 +1,1 @@
+"""Jsonnet evaluation in killable processes: pool, worker, importer, manifester."""

@@ -1,0 +1,1 @@
+"""Watches and the per-snippet reconcile pipeline of a shard worker."""

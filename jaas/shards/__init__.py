@@ -1,0 +1,1 @@
+"""Process model: the leader, shard assignment and supervision of child processes."""

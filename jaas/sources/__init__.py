@@ -1,0 +1,1 @@
+"""Flux source artifacts: download, digest check, safe extraction, shared cache."""

@@ -1,0 +1,1 @@
+"""Published artifacts: deterministic packaging, the local store and its HTTP server."""

@@ -1,0 +1,1 @@
+"""Test infrastructure shipped with the package: a real control plane and a Flux-style publisher."""
