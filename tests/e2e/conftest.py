@@ -1,0 +1,100 @@
+"""Fixtures for end-to-end tests on a real kube-apiserver + etcd (see jaas.testing).
+
+One control plane per pytest session with the jaas CRDs (``deploy/crds``) and
+Flux's source CRDs installed; each test gets its own namespace. Nothing deletes
+namespaces (no kube-controller-manager runs), so none is ever waited for.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from kubernetes_asyncio import client
+
+from jaas.testing.controlplane import ControlPlane, default_crd_dirs
+from jaas.testing.flux import FluxPublisher
+
+_HERE = Path(__file__).resolve().parent
+_started: list[ControlPlane] = []
+
+#: Longest namespace name Kubernetes accepts (a DNS-1123 label).
+MAX_NAMESPACE_LENGTH = 63
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e with ``e2e``."""
+    for item in items:
+        if _HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what starting the control plane took and its memory (measured, not asserted)."""
+    for plane in _started:
+        t = plane.timings
+        rss = plane.rss() if plane.running else {}
+        line = (
+            f"control plane: ready in {t.total_ready:.2f} s (etcd {t.etcd:.2f} s, "
+            f"kube-apiserver {t.apiserver:.2f} s, {t.attempts} attempt(s)), "
+            f"CRDs served after {t.crds:.2f} s more"
+        )
+        if rss:
+            line += (
+                f"; RSS at the end of the session: kube-apiserver "
+                f"{rss['kube-apiserver'] / 2**20:.0f} MiB, etcd {rss['etcd'] / 2**20:.0f} MiB"
+            )
+        terminalreporter.write_line(line)
+
+
+def namespace_name(hint: str) -> str:
+    """Return a fresh DNS-1123 namespace name (<= 63 chars) derived from ``hint``.
+
+    Lower-cases ``hint``, turns every run of other characters than ``[a-z0-9]``
+    into ``-``, shortens it and appends ``-`` and 6 random hex digits.
+    """
+    suffix = secrets.token_hex(3)
+    base = re.sub(r"[^a-z0-9]+", "-", hint.lower()).strip("-")
+    base = base[: MAX_NAMESPACE_LENGTH - len(suffix) - 1].rstrip("-") or "ns"
+    return f"{base}-{suffix}"
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The session's control plane, with the jaas and Flux source CRDs served."""
+    plane = ControlPlane.start(tmp_path_factory.mktemp("controlplane"), default_crd_dirs())
+    _started.append(plane)
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def kube(control_plane: ControlPlane) -> AsyncIterator[client.ApiClient]:
+    """An admin kubernetes_asyncio ApiClient (user ``admin``, group ``system:masters``)."""
+    api = await control_plane.api_client()
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+@pytest_asyncio.fixture
+async def namespace(request: pytest.FixtureRequest, kube: client.ApiClient) -> str:
+    """A new namespace named after the test; it is never deleted or waited for."""
+    name = namespace_name(request.node.name)
+    body = client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
+    await client.CoreV1Api(kube).create_namespace(body)
+    return name
+
+
+@pytest_asyncio.fixture(scope="session")
+async def flux() -> AsyncIterator[FluxPublisher]:
+    """A started FluxPublisher serving artifacts on 127.0.0.1."""
+    async with FluxPublisher() as publisher:
+        yield publisher
