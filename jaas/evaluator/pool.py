@@ -1,0 +1,535 @@
+"""A pool of evaluator processes, driven from an asyncio process.
+
+rjsonnet holds the GIL for a whole evaluation, cannot be interrupted and can
+crash on user input, so every evaluation runs in a worker process
+(``jaas.evaluator.worker``), one evaluation at a time per worker; requests wait
+for a free worker. Workers are fresh interpreters started as asyncio
+subprocesses and talk ``jaas.ipc`` frames over a socketpair (never forked from
+the event-loop process). The pool
+
+* enforces the wall-clock timeout by SIGKILL of the worker and raises
+  ``EvaluationTimeout`` with JaaS's text ``evaluation exceeded <duration>``;
+* caps each worker's address space (``RLIMIT_AS``): a runaway evaluation aborts
+  its worker instead of the node running out of memory;
+* reports a worker that dies (SIGSEGV on deep recursion or deep data, SIGABRT
+  at the memory cap, SIGKILL by the OOM killer, a Rust panic) as
+  ``EvaluationFailed`` with a plain message, and a Jsonnet error as
+  ``EvaluationFailed`` with rjsonnet's message (``file:line:col`` as the user
+  names the file);
+* replaces a dead or killed worker at once, in the background, so the pool stays
+  warm and other requests do not notice.
+
+Unlike JaaS (metio/jaas ``internal/eval/eval.go``), whose timed-out goroutines
+keep running, a timed-out evaluation here really stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+
+import jaas
+from jaas.api.reasons import Reason, ReasonError
+from jaas.evaluator.request import (
+    DEFAULT_STACK_SIZE,
+    ERROR,
+    READY,
+    RESULT,
+    EvaluationRequest,
+    EvaluationResult,
+)
+from jaas.ipc import FrameError, read_frame, write_frame
+
+logger = logging.getLogger(__name__)
+
+#: Wall-clock limit of one evaluation, seconds (JaaS ``--evaluation-timeout`` 5s).
+DEFAULT_TIMEOUT = 5.0
+#: Address-space limit of one worker, bytes (``--evaluation-memory-limit``).
+#: RLIMIT_AS counts virtual memory: about 100 MiB for the interpreter and
+#: rjsonnet, the 256 MiB evaluation-thread stack (reserved, mostly untouched),
+#: and the evaluation's heap. 2 GiB leaves about 1.6 GiB of heap: kube-prometheus
+#: peaks at 190-320 MB RSS and the worst measured workload (google bench.02) at
+#: 640 MB, while a runaway evaluation is stopped long before it can starve a
+#: node. Lower it (and the pool size) to fit tight pod memory limits.
+DEFAULT_MEMORY_LIMIT = 2 * 1024**3
+#: Jsonnet stack depth (JaaS ``--max-stack`` 500).
+DEFAULT_MAX_STACK = 500
+#: How long a new worker may take to report ready, seconds.
+STARTUP_TIMEOUT = 60.0
+#: Bytes of each worker's stderr kept to explain a crash.
+_STDERR_TAIL = 8192
+#: Back-off between failed attempts to start a replacement worker, seconds.
+_RESPAWN_BACKOFF = (0.1, 0.5, 1.0, 5.0)
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds as Go's ``time.Duration.String`` does: ``5s``, ``1.5s``, ``1m30s``, ``250ms``.
+
+    JaaS builds its timeout message from a Go duration, so ours reads the same.
+    """
+    ns = round(seconds * 1e9)
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    if ns < 1_000:
+        return f"{sign}{ns}ns"
+    if ns < 1_000_000:
+        return f"{sign}{_decimal(ns, 1_000)}µs"
+    if ns < 1_000_000_000:
+        return f"{sign}{_decimal(ns, 1_000_000)}ms"
+    hours, ns = divmod(ns, 3_600_000_000_000)
+    minutes, ns = divmod(ns, 60_000_000_000)
+    text = f"{_decimal(ns, 1_000_000_000)}s"
+    if hours:
+        return f"{sign}{hours}h{minutes}m{text}"
+    if minutes:
+        return f"{sign}{minutes}m{text}"
+    return sign + text
+
+
+def _decimal(value: int, unit: int) -> str:
+    whole, fraction = divmod(value, unit)
+    if not fraction:
+        return str(whole)
+    digits = len(str(unit)) - 1
+    return f"{whole}.{str(fraction).zfill(digits).rstrip('0')}"
+
+
+def format_bytes(size: int) -> str:
+    """Format a byte count with binary units (``1 GiB``, ``1.5 GiB``, ``512 MiB``)."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.4g} {unit}"
+    return f"{size} B"
+
+
+@dataclasses.dataclass(eq=False)
+class _Worker:
+    """One evaluator process and the parent's end of its socket."""
+
+    process: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    stderr_tail: bytearray = dataclasses.field(default_factory=bytearray)
+    stderr_task: asyncio.Task[None] | None = None
+    monitor_task: asyncio.Task[None] | None = None
+    busy: bool = False
+    retired: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None and not self.retired
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+
+class EvaluatorPool:
+    """Evaluates ``EvaluationRequest``s in ``size`` killable worker processes.
+
+    Args:
+        size: number of worker processes (each evaluates one request at a time).
+        timeout: wall-clock seconds per evaluation, from sending the request to
+            the result (queueing for a worker excluded); ``0`` or ``None``
+            disables it (JaaS ``--evaluation-timeout``, default 5s).
+        memory_limit: ``RLIMIT_AS`` of each worker in bytes, ``None`` or ``0``
+            for no limit; see ``DEFAULT_MEMORY_LIMIT``.
+        max_stack: Jsonnet stack depth for every evaluation (JaaS
+            ``--max-stack``; ``0`` means the default, 500); it replaces the
+            request's own ``max_stack``.
+        stack_size: native stack of the evaluation thread, bytes.
+
+    Counters for metrics: ``evaluations`` (requests sent to a worker),
+    ``failures`` (Jsonnet errors, invalid output, rjsonnet panics), ``crashes`` (worker
+    deaths while evaluating, timeouts excluded), ``timeouts`` and ``restarts``
+    (replacement workers started).
+
+    Use ``async with EvaluatorPool(...) as pool`` or ``start()``/``close()``.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+        max_stack: int = DEFAULT_MAX_STACK,
+        *,
+        stack_size: int = DEFAULT_STACK_SIZE,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"evaluator pool size must be at least 1, got {size}")
+        if max_stack < 0:
+            raise ValueError(f"max stack must not be negative, got {max_stack}")
+        self.size = size
+        self.timeout = timeout if timeout and timeout > 0 else None
+        self.memory_limit = memory_limit
+        self.max_stack = max_stack or DEFAULT_MAX_STACK
+        self.stack_size = stack_size
+        self.evaluations = 0
+        self.failures = 0
+        self.crashes = 0
+        self.timeouts = 0
+        self.restarts = 0
+        self._workers: set[_Worker] = set()
+        self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()
+        self._respawns: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._closed = False
+
+    async def __aenter__(self) -> EvaluatorPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
+        return self._closed
+
+    @property
+    def busy(self) -> int:
+        """Workers evaluating a request right now."""
+        return sum(1 for w in self._workers if w.busy)
+
+    @property
+    def idle(self) -> int:
+        """Workers waiting for a request."""
+        return sum(1 for w in self._workers if w.alive and not w.busy)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return sorted(w.pid for w in self._workers if w.alive)
+
+    async def start(self) -> None:
+        """Start ``size`` workers and wait until each has reported ready.
+
+        Raises:
+            RuntimeError: a worker did not start (its stderr is in the message).
+        """
+        if self._started:
+            return
+        self._started = True
+        results = await asyncio.gather(
+            *(self._spawn() for _ in range(self.size)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for result in results:
+            if isinstance(result, _Worker):
+                self._adopt(result)
+        if errors:
+            await self.close()
+            raise RuntimeError(f"evaluator workers failed to start: {errors[0]}") from errors[0]
+
+    async def close(self) -> None:
+        """Kill every worker and wait for them; pending ``evaluate`` calls fail."""
+        self._closed = True
+        for task in self._respawns:
+            task.cancel()
+        self._idle.put_nowait(None)  # wakes waiters; each puts it back
+        workers = list(self._workers)
+        for worker in workers:
+            worker.retired = True
+            worker.kill()
+            worker.writer.close()
+        for worker in workers:
+            await worker.process.wait()
+            for helper in (worker.monitor_task, worker.stderr_task):
+                if helper is not None:
+                    helper.cancel()
+        self._workers.clear()
+        await asyncio.gather(*self._respawns, return_exceptions=True)
+
+    async def evaluate(self, request: EvaluationRequest) -> EvaluationResult:
+        """Evaluate ``request`` in a free worker (waiting for one) and return the result.
+
+        Raises:
+            ReasonError: ``EvaluationFailed`` for a Jsonnet error, invalid
+                output or a crashed worker; ``EvaluationTimeout`` when the
+                evaluation exceeded the timeout (the worker is killed).
+            RuntimeError: the pool is not started or is closed.
+        """
+        if not self._started or self._closed:
+            raise RuntimeError("the evaluator pool is not running")
+        if request.max_stack != self.max_stack:
+            request = dataclasses.replace(request, max_stack=self.max_stack)
+        header, payload = request.to_frame()
+        worker = await self._acquire()
+        self.evaluations += 1
+        try:
+            async with asyncio.timeout(self.timeout):
+                write_frame(worker.writer, header, payload)
+                del payload
+                await worker.writer.drain()
+                frame = await read_frame(worker.reader)
+        except TimeoutError:
+            self.timeouts += 1
+            self._retire(worker)
+            logger.warning(
+                "evaluation of %s exceeded %ss in worker %d; killed it",
+                request.label or request.entry_file,
+                self.timeout,
+                worker.pid,
+            )
+            raise ReasonError(Reason.EVALUATION_TIMEOUT, self._timeout_message()) from None
+        except (FrameError, OSError):
+            frame = None
+        except BaseException:
+            # Cancelled (or worse) mid-evaluation: the worker cannot be interrupted.
+            self._retire(worker)
+            raise
+        if frame is None:
+            if self._closed:
+                raise RuntimeError("the evaluator pool was closed during the evaluation")
+            raise await self._crashed(worker, request)
+        reply, body = frame
+        kind = reply.get("type")
+        if kind == RESULT:
+            self._release(worker)
+            return EvaluationResult.from_frame(reply, body)
+        if kind == ERROR:
+            if reply.get("retire"):
+                self._retire(worker)
+            else:
+                self._release(worker)
+            self.failures += 1
+            raise ReasonError(Reason.EVALUATION_FAILED, str(reply.get("message", "")))
+        self._retire(worker)
+        raise RuntimeError(f"evaluator worker {worker.pid} sent an unexpected {kind!r} frame")
+
+    # -- workers -----------------------------------------------------------------
+
+    def _worker_command(self, fd: int) -> list[str]:
+        command = [
+            sys.executable,
+            "-m",
+            "jaas.evaluator.worker",
+            "--fd",
+            str(fd),
+            "--parent-pid",
+            str(os.getpid()),
+            "--stack-size",
+            str(self.stack_size),
+        ]
+        if self.memory_limit:
+            command += ["--memory-limit", str(self.memory_limit)]
+        if self.timeout:
+            # RLIMIT_CPU backstop, should this process fail to kill a worker.
+            command += ["--cpu-limit", str(int(self.timeout) + 2)]
+        return command
+
+    @staticmethod
+    def _worker_environment() -> dict[str, str]:
+        env = dict(os.environ)
+        # One malloc arena: the GIL serialises allocation anyway, and each extra
+        # arena reserves 64 MiB of address space against RLIMIT_AS.
+        env.setdefault("MALLOC_ARENA_MAX", "1")
+        # Import the same jaas as this process, installed or not.
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(jaas.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_parent, env.get("PYTHONPATH", "")) if p
+        )
+        return env
+
+    async def _spawn(self) -> _Worker:
+        """Start one worker and wait for its ``ready`` frame."""
+        parent_end, child_end = socket.socketpair()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._worker_command(child_end.fileno()),
+                pass_fds=(child_end.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                cwd="/",
+                env=self._worker_environment(),
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent_end)
+        worker = _Worker(process, reader, writer)
+        worker.stderr_task = asyncio.create_task(self._read_stderr(worker))
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                frame = await read_frame(reader)
+        except BaseException as err:
+            worker.kill()
+            writer.close()
+            if isinstance(err, Exception):
+                await process.wait()
+                raise RuntimeError(
+                    f"evaluator worker {process.pid} did not start: {err!r}"
+                ) from err
+            raise
+        if frame is None or frame[0].get("type") != READY:
+            writer.close()
+            await self._reap(worker)
+            await self._drain_stderr(worker)
+            raise RuntimeError(
+                f"evaluator worker {process.pid} exited during start-up "
+                f"(status {process.returncode}): {self._stderr_text(worker)}"
+            )
+        return worker
+
+    def _adopt(self, worker: _Worker) -> None:
+        self._workers.add(worker)
+        worker.monitor_task = asyncio.create_task(self._monitor(worker))
+        self._idle.put_nowait(worker)
+
+    async def _acquire(self) -> _Worker:
+        while True:
+            worker = await self._idle.get()
+            if worker is None:
+                self._idle.put_nowait(None)
+                raise RuntimeError("the evaluator pool is closed")
+            if worker.alive:
+                worker.busy = True
+                return worker
+
+    def _release(self, worker: _Worker) -> None:
+        worker.busy = False
+        self._idle.put_nowait(worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Kill ``worker`` (if still running) and start a replacement once."""
+        worker.busy = False
+        if worker.retired:
+            return
+        worker.retired = True
+        worker.kill()
+        worker.writer.close()
+        self._workers.discard(worker)
+        if not self._closed:
+            task = asyncio.create_task(self._respawn())
+            self._respawns.add(task)
+            task.add_done_callback(self._respawns.discard)
+
+    async def _respawn(self) -> None:
+        attempt = 0
+        while not self._closed:
+            try:
+                worker = await self._spawn()
+            except Exception as err:
+                delay = _RESPAWN_BACKOFF[min(attempt, len(_RESPAWN_BACKOFF) - 1)]
+                attempt += 1
+                logger.error("cannot start an evaluator worker (retrying in %ss): %s", delay, err)
+                await asyncio.sleep(delay)
+                continue
+            if self.closed:  # closed while this worker was starting
+                worker.kill()
+                await worker.process.wait()
+                return
+            self.restarts += 1
+            self._adopt(worker)
+            return
+
+    async def _monitor(self, worker: _Worker) -> None:
+        """Replace a worker that dies while idle (e.g. killed by the OOM killer)."""
+        returncode = await worker.process.wait()
+        if not worker.busy and not worker.retired and not self._closed:
+            logger.warning("idle evaluator worker %d exited (%s)", worker.pid, returncode)
+            self._retire(worker)
+
+    async def _read_stderr(self, worker: _Worker) -> None:
+        """Keep the tail of a worker's stderr for crash messages; log it at debug level."""
+        stream = worker.process.stderr
+        if stream is None:
+            return
+        while chunk := await stream.read(65536):
+            worker.stderr_tail += chunk
+            del worker.stderr_tail[:-_STDERR_TAIL]
+            if logger.isEnabledFor(logging.DEBUG):
+                for line in chunk.decode("utf-8", "replace").splitlines():
+                    logger.debug("evaluator worker %d: %s", worker.pid, line)
+
+    @staticmethod
+    async def _reap(worker: _Worker) -> int:
+        """Wait for a worker that closed its socket to exit (killing it if it lingers)."""
+        try:
+            async with asyncio.timeout(5.0):
+                return await worker.process.wait()
+        except TimeoutError:
+            worker.kill()
+            return await worker.process.wait()
+
+    @staticmethod
+    async def _drain_stderr(worker: _Worker) -> None:
+        if worker.stderr_task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(worker.stderr_task)
+
+    @staticmethod
+    def _stderr_text(worker: _Worker) -> str:
+        return worker.stderr_tail.decode("utf-8", "replace").strip()[-2000:]
+
+    # -- messages ----------------------------------------------------------------
+
+    def _timeout_message(self) -> str:
+        return f"evaluation exceeded {format_duration(self.timeout or 0.0)}"
+
+    async def _crashed(self, worker: _Worker, request: EvaluationRequest) -> ReasonError:
+        """Classify a worker that closed its socket mid-evaluation and replace it."""
+        returncode = await self._reap(worker)
+        await self._drain_stderr(worker)
+        self._retire(worker)
+        stderr = self._stderr_text(worker)
+        if returncode == -signal.SIGXCPU:
+            self.timeouts += 1
+            return ReasonError(Reason.EVALUATION_TIMEOUT, self._timeout_message())
+        self.crashes += 1
+        message = self._crash_message(returncode, stderr, request.entry_file)
+        logger.warning(
+            "evaluator worker %d died evaluating %s: %s; stderr: %s",
+            worker.pid,
+            request.label or request.entry_file,
+            message,
+            stderr[-500:],
+        )
+        return ReasonError(Reason.EVALUATION_FAILED, message)
+
+    def _crash_message(self, returncode: int, stderr: str, entry_file: str) -> str:
+        if returncode >= 0:
+            return (
+                f"the evaluator process exited unexpectedly (status {returncode}) "
+                f"while evaluating {entry_file}"
+            )
+        signum = -returncode
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        out_of_memory = "memory allocation of" in stderr or "MemoryError" in stderr
+        if self.memory_limit and (signum == signal.SIGABRT and out_of_memory):
+            return (
+                f"the evaluator process exceeded the memory limit of "
+                f"{format_bytes(self.memory_limit)} while evaluating {entry_file}"
+            )
+        if signum in (signal.SIGSEGV, signal.SIGBUS):
+            return (
+                f"the evaluator process crashed ({name}) while evaluating {entry_file}; "
+                "deep recursion or deeply nested data can do this"
+            )
+        if signum == signal.SIGKILL:
+            return (
+                f"the evaluator process was killed (SIGKILL) while evaluating {entry_file}, "
+                "probably by the out-of-memory killer"
+            )
+        return f"the evaluator process crashed ({name}) while evaluating {entry_file}"

@@ -1,0 +1,170 @@
+"""The evaluator's work item and result, and their ``jaas.ipc`` frames.
+
+A request frame carries the file names, sizes and variables in its JSON header
+and the file contents, concatenated in header order, as its raw payload, so
+Jsonnet sources travel without base64 or JSON escaping. Frames between the
+pool and a worker::
+
+    parent -> worker  {"type": "evaluate", ...}      payload: file contents
+    worker -> parent  {"type": "ready", "pid"}       once, after start-up
+    worker -> parent  {"type": "result", ...}        payload: rendered JSON
+    worker -> parent  {"type": "error", "message", "retire"}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaas.api.models import JsonnetVariable
+from jaas.ipc import FrameError, Header
+
+EVALUATE = "evaluate"
+READY = "ready"
+RESULT = "result"
+ERROR = "error"
+
+Files = Mapping[str, bytes]
+
+#: Native stack of a worker's evaluation thread (bytes): room for about 150,000
+#: nested Jsonnet calls, far beyond any sensible ``max_stack``; reserved address
+#: space, only the pages a deep evaluation touches become resident.
+DEFAULT_STACK_SIZE = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """One Jsonnet evaluation.
+
+    Attributes:
+        entry_file: path of the file to evaluate, relative to the snippet root
+            (``spec.entryFile``, default ``main.jsonnet``).
+        files: the snippet's files, ``{relative path: content}``.
+        tlas: top-level arguments (``spec.tlas``); ``code=True`` values are Jsonnet.
+        external_variables: ``std.extVar`` values (operator and ``spec.externalVariables``).
+        libraries: ``{alias: {relative path: content}}`` of the snippet's libraries.
+        max_stack: Jsonnet call depth limit (JaaS ``--max-stack``, default 500);
+            output nested as deep as this fails too, as in go-jsonnet.
+        label: ``<namespace>/<name>`` of the snippet, for logs.
+    """
+
+    entry_file: str
+    files: Files
+    tlas: Sequence[JsonnetVariable] = ()
+    external_variables: Sequence[JsonnetVariable] = ()
+    libraries: Mapping[str, Files] = field(default_factory=dict)
+    max_stack: int = 500
+    label: str = ""
+
+    def to_frame(self) -> tuple[Header, bytes]:
+        """Return the ``(header, payload)`` of this request's ``evaluate`` frame."""
+        contents: list[bytes] = []
+        header: Header = {
+            "type": EVALUATE,
+            "entry_file": self.entry_file,
+            "max_stack": self.max_stack,
+            "label": self.label,
+            "tlas": [[v.name, v.value, v.code] for v in self.tlas],
+            "ext_vars": [[v.name, v.value, v.code] for v in self.external_variables],
+            "files": _pack(self.files, contents),
+            "libraries": [[alias, _pack(lib, contents)] for alias, lib in self.libraries.items()],
+        }
+        return header, b"".join(contents)
+
+    @classmethod
+    def from_frame(cls, header: Header, payload: bytes) -> EvaluationRequest:
+        """Rebuild a request from an ``evaluate`` frame.
+
+        Raises:
+            FrameError: the header is malformed or the sizes disagree with the payload.
+        """
+        try:
+            view = memoryview(payload)
+            offset, files = _unpack(header["files"], view, 0)
+            libraries: dict[str, Files] = {}
+            for alias, listing in header["libraries"]:
+                offset, libraries[str(alias)] = _unpack(listing, view, offset)
+            if offset != len(payload):
+                raise FrameError(f"evaluate frame has {len(payload) - offset} stray payload bytes")
+            return cls(
+                entry_file=str(header["entry_file"]),
+                files=files,
+                tlas=tuple(_variables(header["tlas"])),
+                external_variables=tuple(_variables(header["ext_vars"])),
+                libraries=libraries,
+                max_stack=int(header["max_stack"]),
+                label=str(header.get("label", "")),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise FrameError(f"malformed evaluate frame: {err!r}") from err
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """A successful evaluation.
+
+    Attributes:
+        rendered: the output in go-jsonnet's format (3-space indent, sorted keys,
+            trailing newline), UTF-8.
+        evaluation_seconds: wall-clock seconds the worker spent evaluating and
+            manifesting (excludes queueing and transfer).
+        worker_pid: process id of the worker that evaluated it.
+    """
+
+    rendered: bytes
+    evaluation_seconds: float
+    worker_pid: int
+
+    def to_frame(self) -> tuple[Header, bytes]:
+        """Return the ``(header, payload)`` of this result's ``result`` frame."""
+        header: Header = {
+            "type": RESULT,
+            "seconds": self.evaluation_seconds,
+            "pid": self.worker_pid,
+        }
+        return header, self.rendered
+
+    @classmethod
+    def from_frame(cls, header: Header, payload: bytes) -> EvaluationResult:
+        """Rebuild a result from a ``result`` frame.
+
+        Raises:
+            FrameError: the header is malformed.
+        """
+        try:
+            return cls(payload, float(header["seconds"]), int(header["pid"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise FrameError(f"malformed result frame: {err!r}") from err
+
+
+def error_header(message: str, *, retire: bool = False) -> Header:
+    """Header of an ``error`` frame: the user-facing ``message``.
+
+    ``retire`` tells the pool the worker exits after sending it (its state is
+    no longer trusted, e.g. after a panic) and must be replaced.
+    """
+    return {"type": ERROR, "message": message, "retire": retire}
+
+
+def _pack(files: Files, contents: list[bytes]) -> list[list[Any]]:
+    listing: list[list[Any]] = []
+    for path, content in files.items():
+        listing.append([path, len(content)])
+        contents.append(content)
+    return listing
+
+
+def _unpack(listing: Any, view: memoryview, offset: int) -> tuple[int, dict[str, bytes]]:
+    files: dict[str, bytes] = {}
+    for path, size in listing:
+        end = offset + int(size)
+        if size < 0 or end > len(view):
+            raise FrameError("evaluate frame lists more bytes than its payload holds")
+        files[str(path)] = bytes(view[offset:end])
+        offset = end
+    return offset, files
+
+
+def _variables(items: Any) -> list[JsonnetVariable]:
+    return [JsonnetVariable(str(name), str(value), bool(code)) for name, value, code in items]

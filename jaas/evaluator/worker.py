@@ -1,0 +1,260 @@
+"""The evaluator process: evaluates Jsonnet requests received on an inherited socket.
+
+Run by ``EvaluatorPool`` as ``python -m jaas.evaluator.worker --fd N ...``. rjsonnet
+holds the GIL for a whole evaluation and cannot be interrupted, and some inputs
+crash it (SIGSEGV, SIGABRT at the memory cap, Rust panics), so evaluation lives
+in this separate, expendable process with a plain blocking loop: no event loop,
+no Python signal handler (only a signal's default action or SIGKILL can stop an
+evaluation, and the pool relies on that). Each request is evaluated in a fresh
+thread with a large stack (legitimate deep recursion then behaves as in
+go-jsonnet), with ``gc=False`` and ``rjsonnet.gc()`` afterwards (fast repeated
+calls, flat memory; see shared/reference/evaluator.md), then checked and
+re-serialised in go-jsonnet's format here, so the CPU cost stays out of the
+parent.
+
+Limits applied at start-up: ``RLIMIT_AS`` (an allocation beyond it aborts the
+process), a per-evaluation ``RLIMIT_CPU`` backstop in case the parent cannot
+kill us, and death with the parent (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import math
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import rjsonnet
+
+from jaas.evaluator.importer import InMemoryImporter, user_facing
+from jaas.evaluator.manifest import OutputError, manifest_json, parse_output
+from jaas.evaluator.request import (
+    DEFAULT_STACK_SIZE,
+    EVALUATE,
+    READY,
+    EvaluationRequest,
+    EvaluationResult,
+    error_header,
+)
+from jaas.ipc import Header, recv_frame, send_frame
+
+# Python frames below the parser/manifester when they start, plus slack.
+_RECURSION_HEADROOM = 100
+_MAX_RECURSION_LIMIT = 1_000_000
+_PR_SET_PDEATHSIG = 1
+
+# rjsonnet's stub lacks the ``gc`` keyword and ``rjsonnet.gc()`` (both exist in 0.5.6).
+_evaluate_file: Callable[..., str] = rjsonnet.evaluate_file
+_collect_garbage: Callable[[], None] = rjsonnet.gc  # type: ignore[attr-defined]
+
+
+@dataclass
+class _Outcome:
+    """What one evaluation produced: a result, or a user-facing error message."""
+
+    result: EvaluationResult | None = None
+    message: str = ""
+    retire: bool = False
+
+
+def evaluate(request: EvaluationRequest) -> bytes:
+    """Evaluate a request in the calling thread and return the rendered bytes.
+
+    Returns:
+        go-jsonnet-format JSON (UTF-8, trailing newline).
+
+    Raises:
+        RuntimeError: rjsonnet reported a Jsonnet error (message as rjsonnet wrote it).
+        OutputError: the output is not valid JSON or nests deeper than ``max_stack``.
+        BaseException: rjsonnet panicked (``pyo3_runtime.PanicException``).
+    """
+    importer = InMemoryImporter(request.files, request.libraries)
+    ext_vars = {v.name: v.value for v in request.external_variables if not v.code}
+    ext_codes = {v.name: v.value for v in request.external_variables if v.code}
+    tla_vars = {v.name: v.value for v in request.tlas if not v.code}
+    tla_codes = {v.name: v.value for v in request.tlas if v.code}
+    try:
+        text = _evaluate_file(
+            importer.entry_path(request.entry_file),
+            max_stack=request.max_stack,
+            ext_vars=ext_vars,
+            ext_codes=ext_codes,
+            tla_vars=tla_vars,
+            tla_codes=tla_codes,
+            import_callback=importer,
+            gc=False,
+        )
+    finally:
+        # gc=False skips rjsonnet's per-call collection; without this call every
+        # evaluation would leak its cyclic garbage (thread-local to this thread).
+        _collect_garbage()
+    # The parser and the manifester recurse once per nesting level: allow
+    # max_stack levels, as go-jsonnet does, and no more.
+    limit = min(_MAX_RECURSION_LIMIT, max(1000, request.max_stack + _RECURSION_HEADROOM))
+    sys.setrecursionlimit(limit)
+    value = parse_output(text, max_depth=request.max_stack)
+    del text
+    return manifest_json(value, max_depth=request.max_stack).encode("utf-8")
+
+
+def _evaluate_outcome(request: EvaluationRequest) -> _Outcome:
+    """Run ``evaluate`` and turn every way it can end into an ``_Outcome``."""
+    entry = request.entry_file
+    started = time.perf_counter()
+    try:
+        rendered = evaluate(request)
+    except OutputError as err:
+        return _Outcome(message=str(err))
+    except RuntimeError as err:
+        return _Outcome(message=user_facing(str(err)))
+    except MemoryError:
+        return _Outcome(
+            message=f"the evaluation of {entry} ran out of memory (the evaluator's memory limit)",
+            retire=True,
+        )
+    except RecursionError:
+        return _Outcome(message=f"the output of {entry} nests arrays and objects too deeply")
+    except Exception as err:
+        traceback.print_exc()
+        return _Outcome(
+            message=f"internal error while evaluating {entry}: {type(err).__name__}: {err}",
+            retire=True,
+        )
+    except BaseException as err:
+        # pyo3_runtime.PanicException derives from BaseException: a Rust panic
+        # inside rjsonnet (e.g. std.sort([1, [error "foo"]])). Its state may be
+        # damaged, so the worker retires after reporting it.
+        kind = type(err).__name__
+        detail = str(err) or kind
+        return _Outcome(
+            message=(
+                f"the Jsonnet evaluator failed on {entry} with an internal error "
+                f"({kind}: {detail}); this input triggers a bug in rjsonnet"
+            ),
+            retire=True,
+        )
+    seconds = time.perf_counter() - started
+    return _Outcome(result=EvaluationResult(rendered, seconds, os.getpid()))
+
+
+def _run_in_thread(request: EvaluationRequest) -> _Outcome:
+    """Evaluate on a fresh thread (with the large stack set at start-up) and wait."""
+    outcome: list[_Outcome] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(_evaluate_outcome(request)),
+        name="jsonnet-evaluation",
+    )
+    try:
+        thread.start()
+    except RuntimeError as err:
+        return _Outcome(
+            message=(
+                f"the evaluator could not start its evaluation thread ({err}); "
+                "the memory limit is too small for the evaluation stack"
+            ),
+            retire=True,
+        )
+    thread.join()
+    return outcome[0]
+
+
+def _limit_cpu(seconds: int) -> None:
+    """Let this process use at most ``seconds`` more CPU seconds (0 = no limit).
+
+    Exceeding the soft limit sends SIGXCPU, whose default action ends the
+    process: a backstop for the parent's wall-clock SIGKILL.
+    """
+    if seconds <= 0:
+        resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = math.ceil(usage.ru_utime + usage.ru_stime)
+    resource.setrlimit(resource.RLIMIT_CPU, (used + seconds, resource.RLIM_INFINITY))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when the parent exits; exit if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent_pid and os.getppid() != parent_pid:
+        sys.exit(0)
+
+
+def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
+    """Answer ``evaluate`` frames on ``sock`` until it closes; return the exit status.
+
+    Sends one ``ready`` frame first, after a tiny self-test evaluation (which
+    also warms rjsonnet up). Returns 0 when the parent closes the socket, 1
+    after an evaluation that retires the worker, 2 on a protocol error and 3
+    when the self-test fails (e.g. the memory limit leaves no room for the
+    evaluation thread's stack).
+    """
+    self_test = _run_in_thread(EvaluationRequest("main.jsonnet", {"main.jsonnet": b"{}"}))
+    if self_test.result is None:
+        print(f"jaas evaluator: self-test failed: {self_test.message}", file=sys.stderr)
+        return 3
+    send_frame(sock, {"type": READY, "pid": os.getpid()})
+    while True:
+        frame = recv_frame(sock)
+        if frame is None:
+            return 0
+        header, payload = frame
+        if header.get("type") != EVALUATE:
+            print(f"jaas evaluator: unexpected frame {header.get('type')!r}", file=sys.stderr)
+            return 2
+        request = EvaluationRequest.from_frame(header, payload)
+        del payload
+        _limit_cpu(cpu_limit)
+        outcome = _run_in_thread(request)
+        _limit_cpu(0)
+        del request
+        reply: tuple[Header, bytes]
+        if outcome.result is not None:
+            reply = outcome.result.to_frame()
+        else:
+            reply = error_header(outcome.message, retire=outcome.retire), b""
+        send_frame(sock, *reply)
+        if outcome.retire:
+            return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: apply the limits, then ``serve`` on the inherited socket."""
+    parser = argparse.ArgumentParser(prog="python -m jaas.evaluator.worker")
+    parser.add_argument("--fd", type=int, required=True, help="inherited socket fd")
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit if this parent is gone")
+    parser.add_argument("--memory-limit", type=int, default=0, help="RLIMIT_AS bytes, 0 = none")
+    parser.add_argument("--cpu-limit", type=int, default=0, help="CPU seconds per evaluation")
+    parser.add_argument("--stack-size", type=int, default=DEFAULT_STACK_SIZE, help="bytes")
+    args = parser.parse_args(argv)
+
+    # Ctrl-C in a terminal signals the whole process group; the parent decides
+    # when workers stop. SIG_IGN is not a Python handler: SIGTERM/SIGKILL keep
+    # their default actions.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(args.parent_pid)
+    if args.memory_limit > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (args.memory_limit, args.memory_limit))
+    threading.stack_size(args.stack_size)
+    sock = socket.socket(fileno=args.fd)
+    sock.setblocking(True)
+    try:
+        return serve(sock, args.cpu_limit)
+    except (BrokenPipeError, ConnectionResetError):
+        return 0
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The evaluator pool with real worker processes: results, errors, timeouts, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import _gojsonnet
+import pytest
+import pytest_asyncio
+
+from jaas.api.models import JsonnetVariable
+from jaas.api.reasons import Reason, ReasonError
+from jaas.evaluator.pool import EvaluatorPool, format_bytes, format_duration
+from jaas.evaluator.request import EvaluationRequest, EvaluationResult
+
+GiB = 1024**3
+ENDLESS = b"std.foldl(function(a, b) a + b, std.range(1, 1000000000), 0)"
+
+
+def snippet(source: bytes | str, **files: bytes) -> EvaluationRequest:
+    main = source.encode() if isinstance(source, str) else source
+    return EvaluationRequest("main.jsonnet", {"main.jsonnet": main, **files}, label="ns/test")
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` (pool replacements happen in the background); fail after a minute."""
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail("condition not reached")
+
+
+async def until_full(pool: EvaluatorPool) -> None:
+    """Wait until every worker is alive and idle."""
+    await eventually(lambda: pool.idle == pool.size)
+
+
+async def failure(pool: EvaluatorPool, request: EvaluationRequest) -> ReasonError:
+    with pytest.raises(ReasonError) as caught:
+        await pool.evaluate(request)
+    return caught.value
+
+
+@pytest_asyncio.fixture(scope="module")
+async def pool() -> AsyncIterator[EvaluatorPool]:
+    async with EvaluatorPool(2, timeout=1.0, memory_limit=1 * GiB) as started:
+        yield started
+
+
+async def test_result_is_go_jsonnet_format(pool: EvaluatorPool) -> None:
+    source = "{b: [1 / 3, 'é\\u007f'], a: {}, c: 1e21}"
+    result = await pool.evaluate(snippet(source))
+    assert isinstance(result, EvaluationResult)
+    assert result.rendered == _gojsonnet.evaluate_snippet("main.jsonnet", source).encode()
+    assert result.worker_pid in pool.worker_pids
+    assert result.worker_pid != os.getpid()
+    assert result.evaluation_seconds >= 0
+
+
+async def test_syntax_error_names_the_file_and_line(pool: EvaluatorPool) -> None:
+    error = await failure(pool, snippet("{\n  a: 1,\n  b: ,\n}"))
+    assert error.reason is Reason.EVALUATION_FAILED
+    assert error.message.startswith("syntax error:")
+    assert "    main.jsonnet:3:6" in error.message
+
+
+async def test_runtime_error_names_the_file_and_line(pool: EvaluatorPool) -> None:
+    error = await failure(pool, snippet('local x = 1;\n\n{\n  a: error "boom " + x,\n}'))
+    assert error.reason is Reason.EVALUATION_FAILED
+    assert error.message.splitlines()[0] == "runtime error: boom 1"
+    assert "    main.jsonnet:4:6-" in error.message
+
+
+async def test_imports_across_directories_and_libraries(pool: EvaluatorPool) -> None:
+    request = EvaluationRequest(
+        "app/main.jsonnet",
+        {
+            "app/main.jsonnet": b'{cfg: import "cfg/values.libsonnet", g: (import "graf").v}',
+            "app/cfg/values.libsonnet": b'{up: import "../../common.libsonnet"}',
+            "common.libsonnet": b'"common"',
+        },
+        libraries={"graf": {"main.libsonnet": b'{v: import "v.libsonnet"}', "v.libsonnet": b"7"}},
+    )
+    result = await pool.evaluate(request)
+    assert result.rendered == b'{\n   "cfg": {\n      "up": "common"\n   },\n   "g": 7\n}\n'
+
+
+async def test_error_in_a_library_names_alias_and_file(pool: EvaluatorPool) -> None:
+    request = EvaluationRequest(
+        "main.jsonnet",
+        {"main.jsonnet": b'(import "util/bad.libsonnet").f'},
+        libraries={"util": {"bad.libsonnet": b'{\n  f: error "lib boom",\n}'}},
+    )
+    error = await failure(pool, request)
+    assert "    util/bad.libsonnet:2:6-" in error.message
+    assert "    main.jsonnet:1:" in error.message
+
+
+async def test_tlas_and_external_variables_as_string_and_code(pool: EvaluatorPool) -> None:
+    request = EvaluationRequest(
+        "main.jsonnet",
+        {
+            "main.jsonnet": (
+                b"function(name, replicas, extra={})"
+                b' {name: name, replicas: replicas, extra: extra, cluster: std.extVar("cluster"),'
+                b' limits: std.extVar("limits")}'
+            ),
+            "limits.libsonnet": b"{cpu: 2}",
+        },
+        tlas=(
+            JsonnetVariable("name", "web"),
+            JsonnetVariable("replicas", "1 + 2", code=True),
+        ),
+        external_variables=(
+            JsonnetVariable("cluster", "eu-1"),
+            JsonnetVariable("limits", 'import "limits.libsonnet"', code=True),
+        ),
+    )
+    result = await pool.evaluate(request)
+    assert result.rendered == (
+        b'{\n   "cluster": "eu-1",\n   "extra": { },\n   "limits": {\n      "cpu": 2\n   },\n'
+        b'   "name": "web",\n   "replicas": 3\n}\n'
+    )
+
+
+async def test_missing_external_variable(pool: EvaluatorPool) -> None:
+    error = await failure(pool, snippet('std.extVar("nope")'))
+    assert error.reason is Reason.EVALUATION_FAILED
+    assert "nope" in error.message
+
+
+async def test_endless_evaluation_times_out_without_disturbing_the_other_worker(
+    pool: EvaluatorPool,
+) -> None:
+    await until_full(pool)
+    timeouts, restarts = pool.timeouts, pool.restarts
+    endless, normal = await asyncio.gather(
+        pool.evaluate(snippet(ENDLESS)),
+        pool.evaluate(snippet("{ok: true}")),
+        return_exceptions=True,
+    )
+    assert isinstance(endless, ReasonError)
+    assert endless.reason is Reason.EVALUATION_TIMEOUT
+    assert endless.message == "evaluation exceeded 1s"
+    assert isinstance(normal, EvaluationResult)
+    assert normal.rendered == b'{\n   "ok": true\n}\n'
+    assert pool.timeouts == timeouts + 1
+    await until_full(pool)
+    assert pool.restarts == restarts + 1
+    assert (await pool.evaluate(snippet("1"))).rendered == b"1\n"
+
+
+async def test_recursive_array_manifestation_fails_and_the_pool_recovers(
+    pool: EvaluatorPool,
+) -> None:
+    crashes = pool.crashes
+    error = await failure(pool, snippet("local f(x) = [f(x)]; f(1)"))
+    assert error.reason is Reason.EVALUATION_FAILED
+    assert error.message == (
+        "the evaluator process exceeded the memory limit of 1 GiB while evaluating main.jsonnet"
+    )
+    assert pool.crashes == crashes + 1
+    assert (await pool.evaluate(snippet("[1]"))).rendered == b"[\n   1\n]\n"
+
+
+async def test_ten_thousand_nested_arrays_fail_and_the_pool_recovers() -> None:
+    # rjsonnet (on the large evaluation stack) prints 400 MB of 4-space-indented
+    # text for this before the depth check or the memory cap stops it: its own
+    # pool gives it time, so the outcome does not depend on machine speed.
+    async with EvaluatorPool(1, timeout=60.0, memory_limit=1 * GiB) as roomy:
+        error = await failure(roomy, snippet(b"[" * 10_000 + b"]" * 10_000))
+        assert error.reason is Reason.EVALUATION_FAILED
+        assert (await roomy.evaluate(snippet("{}"))).rendered == b"{ }\n"
+
+
+async def test_memory_cap(pool: EvaluatorPool) -> None:
+    error = await failure(pool, snippet("std.length(std.makeArray(50000000, function(i) i))"))
+    assert error.reason is Reason.EVALUATION_FAILED
+    assert "exceeded the memory limit of 1 GiB" in error.message
+    assert (await pool.evaluate(snippet("2"))).rendered == b"2\n"
+
+
+@pytest.mark.parametrize("source", ["std.log(0)", "[std.exp(1000)]", "{a: -std.exp(1000)}"])
+async def test_non_finite_output_fails(pool: EvaluatorPool, source: str) -> None:
+    error = await failure(pool, snippet(source))
+    assert error.reason is Reason.EVALUATION_FAILED
+    assert "which is not valid JSON" in error.message
+
+
+async def test_rjsonnet_panic_fails_and_the_pool_recovers(pool: EvaluatorPool) -> None:
+    error = await failure(pool, snippet('std.sort([1, [error "foo"]])'))
+    assert error.reason is Reason.EVALUATION_FAILED
+    assert "PanicException" in error.message
+    assert "main.jsonnet" in error.message
+    assert (await pool.evaluate(snippet("'after'"))).rendered == b'"after"\n'
+
+
+async def test_deep_legitimate_recursion_within_max_stack(pool: EvaluatorPool) -> None:
+    deep = "local f(n) = if n == 0 then 0 else 1 + f(n - 1); f(%d)"
+    assert (await pool.evaluate(snippet(deep % 450))).rendered == b"450\n"
+    error = await failure(pool, snippet(deep % 600))
+    assert error.message.startswith("stack overflow")
+    frames = error.message.splitlines()[1:]
+    assert len(frames) == 21
+    assert frames[10] == "    ..."
+
+
+async def test_output_nested_deeper_than_max_stack_fails_like_go(pool: EvaluatorPool) -> None:
+    assert (await pool.evaluate(snippet(b"[" * 500 + b"]" * 500))).rendered.startswith(b"[\n   [")
+    error = await failure(pool, snippet(b"[" * 501 + b"]" * 501))
+    assert error.message.startswith("max stack frames exceeded")
+
+
+async def test_idle_worker_killed_from_outside_is_replaced(pool: EvaluatorPool) -> None:
+    await until_full(pool)
+    victim = pool.worker_pids[0]
+    restarts = pool.restarts
+    os.kill(victim, signal.SIGKILL)
+    await eventually(lambda: victim not in pool.worker_pids and pool.idle == pool.size)
+    assert pool.restarts == restarts + 1
+    results = await asyncio.gather(*(pool.evaluate(snippet(str(n))) for n in range(4)))
+    assert [r.rendered for r in results] == [b"0\n", b"1\n", b"2\n", b"3\n"]
+
+
+async def test_cancelled_evaluation_replaces_its_worker(pool: EvaluatorPool) -> None:
+    await until_full(pool)
+    before = set(pool.worker_pids)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await pool.evaluate(snippet(ENDLESS))
+    await until_full(pool)
+    assert len(before - set(pool.worker_pids)) == 1
+    assert (await pool.evaluate(snippet("3"))).rendered == b"3\n"
+
+
+async def test_requests_queue_for_a_free_worker(pool: EvaluatorPool) -> None:
+    results = await asyncio.gather(*(pool.evaluate(snippet(f"[{n}]")) for n in range(12)))
+    assert [r.rendered for r in results] == [f"[\n   {n}\n]\n".encode() for n in range(12)]
+    assert {r.worker_pid for r in results} <= set(pool.worker_pids)
+
+
+async def test_segfault_is_reported_plainly() -> None:
+    # A 1 MiB evaluation stack and a huge max_stack let deep recursion overflow
+    # the native stack, as the default 8 MiB main-thread stack would.
+    async with EvaluatorPool(1, max_stack=100_000, stack_size=1024 * 1024) as small:
+        deep = "local f(n) = if n == 0 then 0 else 1 + f(n - 1); f(%d)"
+        error = await failure(small, snippet(deep % 20_000))
+        assert error.reason is Reason.EVALUATION_FAILED
+        assert error.message == (
+            "the evaluator process crashed (SIGSEGV) while evaluating main.jsonnet; "
+            "deep recursion or deeply nested data can do this"
+        )
+        assert small.crashes == 1
+        assert (await small.evaluate(snippet(deep % 100))).rendered == b"100\n"
+
+
+async def test_pool_max_stack_applies_to_every_request() -> None:
+    async with EvaluatorPool(1, max_stack=100) as shallow:
+        deep = "local f(n) = if n == 0 then 0 else 1 + f(n - 1); f(%d)"
+        assert (await shallow.evaluate(snippet(deep % 90))).rendered == b"90\n"
+        request = EvaluationRequest("main.jsonnet", {"main.jsonnet": (deep % 200).encode()})
+        assert request.max_stack == 500
+        error = await failure(shallow, request)
+        assert error.message.startswith("stack overflow")
+
+
+async def test_close_kills_workers_and_fails_waiting_requests() -> None:
+    closing = EvaluatorPool(1, timeout=None)
+    await closing.start()
+    pids = closing.worker_pids
+    busy = asyncio.create_task(closing.evaluate(snippet(ENDLESS)))
+    waiting = asyncio.create_task(closing.evaluate(snippet("1")))
+    await asyncio.sleep(0.1)
+    await closing.close()
+    with pytest.raises(RuntimeError, match=r"closed during the evaluation|not running"):
+        await busy
+    with pytest.raises(RuntimeError, match="closed"):
+        await waiting
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(RuntimeError, match="not running"):
+        await closing.evaluate(snippet("1"))
+
+
+async def test_memory_limit_too_small_for_the_stack_fails_at_start() -> None:
+    with pytest.raises(RuntimeError, match="too small for the evaluation stack"):
+        await EvaluatorPool(1, memory_limit=200 * 1024 * 1024).start()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (5, "5s"),
+        (1.5, "1.5s"),
+        (0.25, "250ms"),
+        (90, "1m30s"),
+        (3600, "1h0m0s"),
+        (0.0000015, "1.5µs"),
+    ],
+)
+def test_format_duration_like_go(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_format_bytes() -> None:
+    assert format_bytes(GiB) == "1 GiB"
+    assert format_bytes(3 * GiB // 2) == "1.5 GiB"
+    assert format_bytes(512 * 1024 * 1024) == "512 MiB"
