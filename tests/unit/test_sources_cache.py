@@ -1,0 +1,351 @@
+"""The shared artifact cache: verification, LRU bound, single-flight in and across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import multiprocessing
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from jaas.sources.cache import ArtifactCache
+from jaas.sources.fetch import ArtifactFetcher
+
+
+def blob(seed: int, size: int = 4096) -> tuple[str, bytes]:
+    """Incompressible bytes (so compressed sizes are predictable) and their sha256 hex."""
+    data = b"".join(hashlib.sha256(f"{seed}-{i}".encode()).digest() for i in range(size // 32))
+    return hashlib.sha256(data).hexdigest(), data
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[ArtifactCache]:
+    instance = ArtifactCache(tmp_path / "cache")
+    yield instance
+    instance.close()
+
+
+def test_put_get_roundtrip_stores_zstd(cache: ArtifactCache) -> None:
+    data = b'{"kind": "ConfigMap"}\n' * 500
+    hex_digest = hashlib.sha256(data).hexdigest()
+    assert cache.get(hex_digest) is None
+    cache.put(hex_digest, data)
+    stored = cache.object_path(hex_digest).read_bytes()
+    assert stored[:4] == b"\x28\xb5\x2f\xfd"  # zstd frame magic
+    assert len(stored) < len(data) // 10
+    assert cache.get(hex_digest) == data
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_put_refuses_bytes_that_do_not_match_the_digest(cache: ArtifactCache) -> None:
+    hex_digest, _ = blob(1)
+    with pytest.raises(ValueError, match="hashes to"):
+        cache.put(hex_digest, b"something else")
+    assert cache.get(hex_digest) is None
+
+
+@pytest.mark.parametrize("bad", ["", "../" + "a" * 61, "A" * 64, "a" * 63, "g" * 64])
+def test_malformed_keys_are_refused(cache: ArtifactCache, bad: str) -> None:
+    with pytest.raises(ValueError, match="sha256 hex"):
+        cache.get(bad)
+    with pytest.raises(ValueError, match="sha256 hex"):
+        cache.object_path(bad)
+
+
+def test_corrupt_entry_is_deleted_and_missed(cache: ArtifactCache) -> None:
+    hex_digest, data = blob(2)
+    cache.put(hex_digest, data)
+    path = cache.object_path(hex_digest)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert cache.get(hex_digest) is None
+    assert not path.exists()
+    assert cache.corrupt == 1
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: raw[: len(raw) // 2],  # truncated frame
+        lambda raw: b"not zstd at all",
+        lambda raw: b"",
+    ],
+)
+def test_unreadable_entries_are_misses(cache: ArtifactCache, damage: object) -> None:
+    hex_digest, data = blob(3)
+    cache.put(hex_digest, data)
+    path = cache.object_path(hex_digest)
+    path.write_bytes(damage(path.read_bytes()))  # type: ignore[operator]
+    assert cache.get(hex_digest) is None
+    assert not path.exists()
+
+
+def test_valid_zstd_of_other_content_is_a_miss(cache: ArtifactCache) -> None:
+    hex_a, data_a = blob(4)
+    hex_b, data_b = blob(5)
+    cache.put(hex_a, data_a)
+    cache.put(hex_b, data_b)
+    os.replace(cache.object_path(hex_b), cache.object_path(hex_a))
+    assert cache.get(hex_a) is None
+    assert cache.corrupt == 1
+
+
+def test_lru_eviction_keeps_recently_used(tmp_path: Path) -> None:
+    entries = [blob(10 + i) for i in range(3)]
+    probe = ArtifactCache(tmp_path / "probe")
+    probe.put(*entries[0])
+    one = probe.size_bytes()
+    probe.close()
+    cache = ArtifactCache(tmp_path / "cache", max_bytes=2 * one + one // 2)  # room for two
+    try:
+        (hex_a, data_a), (hex_b, data_b), (hex_c, data_c) = entries
+        cache.put(hex_a, data_a)
+        cache.put(hex_b, data_b)
+        os.utime(cache.object_path(hex_a), (1000, 1000))
+        os.utime(cache.object_path(hex_b), (2000, 2000))
+        assert cache.get(hex_a) == data_a  # a hit: A becomes the most recently used
+        cache.put(hex_c, data_c)
+        assert cache.get(hex_b) is None  # B was the least recently used
+        assert cache.get(hex_a) == data_a
+        assert cache.get(hex_c) == data_c
+        assert cache.evictions == 1
+        assert cache.size_bytes() <= cache.max_bytes
+    finally:
+        cache.close()
+
+
+def test_entry_larger_than_the_bound_is_not_kept(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path / "cache", max_bytes=1000)
+    try:
+        hex_digest, data = blob(20, 8192)
+        cache.put(hex_digest, data)
+        assert cache.get(hex_digest) is None
+    finally:
+        cache.close()
+
+
+def test_stale_temporary_files_are_swept(cache: ArtifactCache) -> None:
+    objects = cache.object_path("a" * 64).parent
+    stale = objects / ".dead.123.tmp"
+    fresh = objects / ".live.456.tmp"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(stale, (1000, 1000))
+    cache.evict()
+    assert not stale.exists()
+    assert fresh.exists()
+
+
+async def test_in_process_single_flight(cache: ArtifactCache) -> None:
+    hex_digest, data = blob(30)
+    calls = 0
+    gate = asyncio.Event()
+
+    async def loader() -> bytes:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return data
+
+    waiters = [asyncio.create_task(cache.get_or_fetch(hex_digest, loader)) for _ in range(20)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*waiters) == [data] * 20
+    assert calls == 1
+    assert (cache.downloads, cache.coalesced, cache.misses) == (1, 19, 1)
+    assert await cache.get_or_fetch(hex_digest, loader) == data
+    assert calls == 1
+    assert cache.hits == 1
+
+
+async def test_loader_failure_reaches_every_waiter_and_is_not_cached(
+    cache: ArtifactCache,
+) -> None:
+    hex_digest, data = blob(31)
+    attempts = 0
+
+    async def failing() -> bytes:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0.01)
+        raise RuntimeError("upstream down")
+
+    results = await asyncio.gather(
+        *(cache.get_or_fetch(hex_digest, failing) for _ in range(5)), return_exceptions=True
+    )
+    assert attempts == 1
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+    async def working() -> bytes:
+        return data
+
+    assert await cache.get_or_fetch(hex_digest, working) == data
+    assert cache.downloads == 1
+
+
+async def test_a_cache_that_cannot_be_written_still_returns_the_download(
+    tmp_path: Path,
+) -> None:
+    cache = ArtifactCache(tmp_path / "cache")
+    hex_digest, data = blob(34)
+    objects = cache.object_path(hex_digest).parent
+    objects.rmdir()
+    objects.write_bytes(b"")  # reads and writes below it fail with NotADirectoryError
+
+    async def loader() -> bytes:
+        return data
+
+    try:
+        assert await cache.get_or_fetch(hex_digest, loader) == data
+        assert await cache.get_or_fetch(hex_digest, loader) == data
+        assert (cache.downloads, cache.write_errors) == (2, 2)
+        assert cache.get(hex_digest) is None
+    finally:
+        cache.close()
+
+
+async def test_loader_returning_wrong_bytes_is_refused(cache: ArtifactCache) -> None:
+    hex_digest, _ = blob(32)
+
+    async def wrong() -> bytes:
+        return b"tampered"
+
+    with pytest.raises(ValueError, match="hashes to"):
+        await cache.get_or_fetch(hex_digest, wrong)
+    assert cache.get(hex_digest) is None
+
+
+async def test_cancelled_waiter_does_not_cancel_the_fill(cache: ArtifactCache) -> None:
+    hex_digest, data = blob(33)
+    gate = asyncio.Event()
+
+    async def loader() -> bytes:
+        await gate.wait()
+        return data
+
+    first = asyncio.create_task(cache.get_or_fetch(hex_digest, loader))
+    second = asyncio.create_task(cache.get_or_fetch(hex_digest, loader))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    gate.set()
+    assert await second == data
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert cache.get(hex_digest) == data
+
+
+async def test_two_caches_on_one_root_share_one_fill_through_the_file_lock(
+    tmp_path: Path,
+) -> None:
+    # Two instances have separate in-process maps, so only the flock can serialise them.
+    first = ArtifactCache(tmp_path / "shared")
+    second = ArtifactCache(tmp_path / "shared")
+    hex_digest, data = blob(40)
+    started = asyncio.Event()
+    gate = asyncio.Event()
+    second_loads = 0
+
+    async def slow_loader() -> bytes:
+        started.set()
+        await gate.wait()
+        return data
+
+    async def second_loader() -> bytes:
+        nonlocal second_loads
+        second_loads += 1
+        return data
+
+    try:
+        filling = asyncio.create_task(first.get_or_fetch(hex_digest, slow_loader))
+        await started.wait()  # the first instance holds the lock inside its loader
+        waiting = asyncio.create_task(second.get_or_fetch(hex_digest, second_loader))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        gate.set()
+        assert await filling == data
+        assert await waiting == data
+        assert second_loads == 0
+        assert (second.hits, second.downloads) == (1, 0)
+        assert list((tmp_path / "shared" / "locks").iterdir()) == []
+    finally:
+        first.close()
+        second.close()
+
+
+# --- across processes ------------------------------------------------------------------------
+
+
+def fetch_in_child(root: str, url: str, digest: str) -> tuple[str, int, int]:
+    """Runs in a spawned process: one fetch through its own cache and fetcher."""
+
+    async def run() -> tuple[str, int, int]:
+        cache = ArtifactCache(Path(root))
+        fetcher = ArtifactFetcher(cache)
+        try:
+            data = await fetcher.fetch(url, digest)
+        finally:
+            await fetcher.close()
+            cache.close()
+        return hashlib.sha256(data).hexdigest(), cache.downloads, cache.hits
+
+    return asyncio.run(run())
+
+
+class CountingServer:
+    """Serves one artifact; holds each response until `expected` requests arrived or 1.5 s."""
+
+    def __init__(self, data: bytes, expected: int) -> None:
+        self.data = data
+        self.expected = expected
+        self.requests = 0
+        self.arrived = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self.requests >= self.expected:
+            self.arrived.set()
+        # Without cross-process single-flight every process would be in here at once and
+        # release each other; with it the only request waits out the grace period.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.arrived.wait(), 1.5)
+        return web.Response(body=self.data)
+
+
+@pytest_asyncio.fixture
+async def counting_server() -> AsyncIterator[tuple[CountingServer, str]]:
+    _, data = blob(50, 1 << 20)
+    state = CountingServer(data, expected=3)
+    app = web.Application()
+    app.router.add_get("/artifact.tar.gz", state.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield state, f"http://127.0.0.1:{runner.addresses[0][1]}/artifact.tar.gz"
+    await runner.cleanup()
+
+
+async def test_three_processes_cause_one_download(
+    counting_server: tuple[CountingServer, str], tmp_path: Path
+) -> None:
+    server, url = counting_server
+    digest = hashlib.sha256(server.data).hexdigest()
+    context = multiprocessing.get_context("spawn")
+    loop = asyncio.get_running_loop()
+    with context.Pool(3) as pool:
+        pending = pool.starmap_async(
+            fetch_in_child, [(str(tmp_path / "cache"), url, f"sha256:{digest}")] * 3
+        )
+        results = await loop.run_in_executor(None, pending.get, 120)
+    assert server.requests == 1
+    assert [r[0] for r in results] == [digest] * 3
+    assert sum(r[1] for r in results) == 1  # downloads
+    assert sum(r[2] for r in results) == 2  # the other two read the filled entry
+    assert list((tmp_path / "cache" / "locks").iterdir()) == []

@@ -1,0 +1,454 @@
+"""Artifact download against a real local HTTP server: digests, errors, retries, caps, cache."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import io
+import socket
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from jaas.api.reasons import Reason, ReasonError
+from jaas.sources.cache import ArtifactCache
+from jaas.sources.extract import ArchiveError
+from jaas.sources.fetch import ArtifactFetcher, is_permanent_http_status
+
+
+def make_tarball(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+TARBALL = make_tarball({"main.jsonnet": b"{a: 1}", "sub/lib.libsonnet": b"{b: 2}"})
+DIGEST = "sha256:" + hashlib.sha256(TARBALL).hexdigest()
+
+
+class ArtifactServer:
+    """A Flux-style artifact server that records what it is asked."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {"artifact.tar.gz": TARBALL}
+        self.hits: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.flaky: list[int] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.release = asyncio.Event()
+        self.two_in_flight = asyncio.Event()
+        self.base = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/a/{name}", self.serve)
+        app.router.add_get("/status/{code}", self.status)
+        app.router.add_get("/flaky/{name}", self.flaky_serve)
+        app.router.add_get("/redirect/{name}", self.redirect)
+        app.router.add_get("/relative/{name}", self.relative_redirect)
+        app.router.add_get("/loop", self.loop)
+        app.router.add_get("/to-ftp", self.to_ftp)
+        app.router.add_get("/chunked/{size}", self.chunked)
+        app.router.add_get("/slow", self.slow)
+        app.router.add_get("/encoded/{name}", self.content_encoded)
+        app.router.add_get("/overlap/{name}", self.overlap)
+        return app
+
+    def record(self, request: web.Request) -> None:
+        self.hits.append(request.path)
+        self.headers.append(dict(request.headers))
+
+    async def serve(self, request: web.Request) -> web.Response:
+        self.record(request)
+        return web.Response(body=self.files[request.match_info["name"]])
+
+    async def status(self, request: web.Request) -> web.Response:
+        self.record(request)
+        return web.Response(status=int(request.match_info["code"]), text="nope")
+
+    async def flaky_serve(self, request: web.Request) -> web.Response:
+        self.record(request)
+        if self.flaky:
+            return web.Response(status=self.flaky.pop(0))
+        return web.Response(body=self.files[request.match_info["name"]])
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        self.record(request)
+        raise web.HTTPFound(f"{self.base}/a/{request.match_info['name']}")
+
+    async def relative_redirect(self, request: web.Request) -> web.Response:
+        self.record(request)
+        raise web.HTTPTemporaryRedirect(f"../a/{request.match_info['name']}")
+
+    async def loop(self, request: web.Request) -> web.Response:
+        self.record(request)
+        raise web.HTTPFound("/loop")
+
+    async def to_ftp(self, request: web.Request) -> web.Response:
+        self.record(request)
+        raise web.HTTPFound("ftp://example.com/a.tar.gz")
+
+    async def chunked(self, request: web.Request) -> web.StreamResponse:
+        self.record(request)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        remaining = int(request.match_info["size"])
+        while remaining > 0:
+            part = min(remaining, 4096)
+            await response.write(b"x" * part)
+            remaining -= part
+        await response.write_eof()
+        return response
+
+    async def slow(self, request: web.Request) -> web.Response:
+        self.record(request)
+        await asyncio.wait_for(self.release.wait(), 30)
+        return web.Response(body=TARBALL)
+
+    async def content_encoded(self, request: web.Request) -> web.Response:
+        # The tarball is gzip data; a client that honours Content-Encoding would hand
+        # back the inner tar and fail the digest check.
+        self.record(request)
+        body = self.files[request.match_info["name"]]
+        return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+
+    async def overlap(self, request: web.Request) -> web.Response:
+        # Each request stays in flight until a second one has arrived (so two always
+        # overlap), then a little longer (so a third, if the client sent one, overlaps too).
+        self.record(request)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if self.in_flight >= 2:
+            self.two_in_flight.set()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.two_in_flight.wait(), 5)
+            await asyncio.sleep(0.1)
+        finally:
+            self.in_flight -= 1
+        return web.Response(body=self.files[request.match_info["name"]])
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[ArtifactServer]:
+    state = ArtifactServer()
+    runner = web.AppRunner(state.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    state.base = f"http://127.0.0.1:{port}"
+    yield state
+    state.release.set()
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def fetcher() -> AsyncIterator[ArtifactFetcher]:
+    instance = ArtifactFetcher(None, retry_backoff=0.01)
+    yield instance
+    await instance.close()
+
+
+async def test_fetch_verifies_digest(server: ArtifactServer, fetcher: ArtifactFetcher) -> None:
+    url = f"{server.base}/a/artifact.tar.gz"
+    assert await fetcher.fetch(url, DIGEST) == TARBALL
+    assert await fetcher.fetch(url, "  " + DIGEST.upper() + "\n") == TARBALL
+    assert fetcher.downloads == 2
+
+
+async def test_digest_mismatch_is_permanent_and_not_retried(
+    server: ArtifactServer, fetcher: ArtifactFetcher
+) -> None:
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(ReasonError) as info:
+        await fetcher.fetch(f"{server.base}/a/artifact.tar.gz", wrong)
+    assert info.value.reason is Reason.SOURCE_FETCH_FAILED
+    assert not info.value.transient
+    assert info.value.message.startswith(f"digest mismatch: expected {wrong}, got {DIGEST}")
+    assert len(server.hits) == 1
+
+
+@pytest.mark.parametrize("digest", ["md5:abc", "sha256:xyz", "sha256", f"sha512:{'a' * 128}"])
+async def test_malformed_digest_fails_before_any_request(
+    server: ArtifactServer, fetcher: ArtifactFetcher, digest: str
+) -> None:
+    with pytest.raises(ReasonError) as info:
+        await fetcher.fetch(f"{server.base}/a/artifact.tar.gz", digest)
+    assert not info.value.transient
+    assert server.hits == []
+
+
+@pytest.mark.parametrize("digest", [None, "", "  "])
+async def test_empty_digest_skips_verification_and_cache(
+    server: ArtifactServer, tmp_path: Path, digest: str | None
+) -> None:
+    server.files["other.tar.gz"] = b"anything at all"
+    cache = ArtifactCache(tmp_path / "cache")
+    fetcher = ArtifactFetcher(cache)
+    try:
+        assert await fetcher.fetch(f"{server.base}/a/other.tar.gz", digest) == b"anything at all"
+        assert await fetcher.fetch(f"{server.base}/a/other.tar.gz", digest) == b"anything at all"
+    finally:
+        await fetcher.close()
+        cache.close()
+    assert len(server.hits) == 2
+    assert cache.size_bytes() == 0
+    assert (cache.hits, cache.misses) == (0, 0)
+
+
+@pytest.mark.parametrize("code", [400, 401, 403, 404, 410])
+async def test_permanent_http_errors_are_not_retried(
+    server: ArtifactServer, fetcher: ArtifactFetcher, code: int
+) -> None:
+    with pytest.raises(ReasonError, match=f"HTTP {code}") as info:
+        await fetcher.fetch(f"{server.base}/status/{code}", DIGEST)
+    assert not info.value.transient
+    assert info.value.reason is Reason.SOURCE_FETCH_FAILED
+    assert len(server.hits) == 1
+
+
+@pytest.mark.parametrize("code", [408, 429, 500, 502, 503, 302])
+async def test_transient_http_errors_are_retried_then_raised(
+    server: ArtifactServer, fetcher: ArtifactFetcher, code: int
+) -> None:
+    with pytest.raises(ReasonError, match=f"HTTP {code}") as info:
+        await fetcher.fetch(f"{server.base}/status/{code}", DIGEST)
+    assert info.value.transient
+    assert len(server.hits) == fetcher.attempts == 3
+
+
+def test_permanent_status_table() -> None:
+    assert [s for s in (200, 302, 399, 400, 404, 408, 429, 499, 500, 503) if
+            is_permanent_http_status(s)] == [400, 404, 499]  # fmt: skip
+
+
+async def test_retry_recovers(server: ArtifactServer, fetcher: ArtifactFetcher) -> None:
+    server.flaky = [503, 429]
+    assert await fetcher.fetch(f"{server.base}/flaky/artifact.tar.gz", DIGEST) == TARBALL
+    assert len(server.hits) == 3
+
+
+async def test_connection_refused_is_transient(fetcher: ArtifactFetcher) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ReasonError) as info:
+        await fetcher.fetch(f"http://127.0.0.1:{port}/a.tar.gz", DIGEST)
+    assert info.value.transient
+    assert info.value.reason is Reason.SOURCE_FETCH_FAILED
+
+
+async def test_timeout_is_transient(server: ArtifactServer) -> None:
+    fetcher = ArtifactFetcher(None, timeout=0.2, attempts=2, retry_backoff=0.01)
+    try:
+        with pytest.raises(ReasonError, match="timed out") as info:
+            await fetcher.fetch(f"{server.base}/slow", DIGEST)
+    finally:
+        await fetcher.close()
+    assert info.value.transient
+    assert len(server.hits) == 2
+
+
+async def test_download_cap_with_content_length(server: ArtifactServer) -> None:
+    server.files["big.tar.gz"] = bytes(2000)
+    fetcher = ArtifactFetcher(None, max_download_bytes=1999)
+    try:
+        with pytest.raises(ReasonError, match="1999-byte download cap") as info:
+            await fetcher.fetch(f"{server.base}/a/big.tar.gz", None)
+        assert not info.value.transient
+        assert len(server.hits) == 1
+        fetcher.max_download_bytes = 2000
+        assert len(await fetcher.fetch(f"{server.base}/a/big.tar.gz", None)) == 2000
+    finally:
+        await fetcher.close()
+
+
+async def test_download_cap_while_streaming_chunked(server: ArtifactServer) -> None:
+    fetcher = ArtifactFetcher(None, max_download_bytes=10_000)
+    try:
+        with pytest.raises(ReasonError, match="download cap") as info:
+            await fetcher.fetch(f"{server.base}/chunked/50000", None)
+        assert not info.value.transient
+        assert len(await fetcher.fetch(f"{server.base}/chunked/10000", None)) == 10_000
+    finally:
+        await fetcher.close()
+
+
+async def test_default_download_cap_is_64_mib() -> None:
+    assert ArtifactFetcher(None).max_download_bytes == 64 << 20
+
+
+async def test_redirects_are_followed(server: ArtifactServer, fetcher: ArtifactFetcher) -> None:
+    assert await fetcher.fetch(f"{server.base}/redirect/artifact.tar.gz", DIGEST) == TARBALL
+    assert await fetcher.fetch(f"{server.base}/relative/artifact.tar.gz", DIGEST) == TARBALL
+    assert server.hits == [
+        "/redirect/artifact.tar.gz",
+        "/a/artifact.tar.gz",
+        "/relative/artifact.tar.gz",
+        "/a/artifact.tar.gz",
+    ]
+
+
+async def test_redirect_targets_are_checked(
+    server: ArtifactServer, fetcher: ArtifactFetcher
+) -> None:
+    with pytest.raises(ReasonError, match="must use http or https") as info:
+        await fetcher.fetch(f"{server.base}/to-ftp", DIGEST)
+    assert not info.value.transient
+    assert len(server.hits) == 1
+
+
+async def test_redirect_loop_stops(server: ArtifactServer) -> None:
+    fetcher = ArtifactFetcher(None, attempts=1)
+    try:
+        with pytest.raises(ReasonError, match="stopped after 10 redirects"):
+            await fetcher.fetch(f"{server.base}/loop", DIGEST)
+    finally:
+        await fetcher.close()
+    assert len(server.hits) == 11
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://example.com/a.tar.gz", "http or https"),
+        ("file:///etc/passwd", "http or https"),
+        ("http:///a.tar.gz", "no host"),
+        ("not a url", "http or https"),
+        ("http://[::1/a.tar.gz", "cannot be parsed"),
+    ],
+)
+async def test_bad_urls_are_permanent(fetcher: ArtifactFetcher, url: str, message: str) -> None:
+    with pytest.raises(ReasonError, match=message) as info:
+        await fetcher.fetch(url, DIGEST)
+    assert not info.value.transient
+
+
+async def test_request_headers_and_identity_encoding(
+    server: ArtifactServer, fetcher: ArtifactFetcher
+) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await fetcher.fetch(
+        f"{server.base}/a/artifact.tar.gz", DIGEST, headers={"traceparent": traceparent}
+    )
+    assert server.headers[0]["traceparent"] == traceparent
+    assert server.headers[0]["Accept-Encoding"] == "identity"
+
+
+async def test_content_encoding_is_not_undone(
+    server: ArtifactServer, fetcher: ArtifactFetcher
+) -> None:
+    data = await fetcher.fetch(f"{server.base}/encoded/artifact.tar.gz", DIGEST)
+    assert data == TARBALL
+    assert gzip.decompress(data) != data
+
+
+async def test_environment_proxies_are_ignored(
+    server: ArtifactServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    for variable in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(variable, f"http://127.0.0.1:{dead}")
+    for variable in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    fetcher = ArtifactFetcher(None, attempts=1)
+    try:
+        assert await fetcher.fetch(f"{server.base}/a/artifact.tar.gz", DIGEST) == TARBALL
+    finally:
+        await fetcher.close()
+
+
+async def test_concurrent_downloads_are_bounded(server: ArtifactServer) -> None:
+    fetcher = ArtifactFetcher(None, max_concurrent_downloads=2)
+    url = f"{server.base}/overlap/artifact.tar.gz"
+    try:
+        results = await asyncio.gather(*(fetcher.fetch(url, DIGEST) for _ in range(5)))
+    finally:
+        await fetcher.close()
+    assert results == [TARBALL] * 5
+    assert len(server.hits) == 5
+    assert server.max_in_flight == 2
+
+
+async def test_cache_makes_concurrent_fetches_one_download(
+    server: ArtifactServer, tmp_path: Path
+) -> None:
+    cache = ArtifactCache(tmp_path / "cache")
+    fetcher = ArtifactFetcher(cache)
+    url = f"{server.base}/a/artifact.tar.gz"
+    try:
+        results = await asyncio.gather(*(fetcher.fetch(url, DIGEST) for _ in range(10)))
+        assert results == [TARBALL] * 10
+        assert len(server.hits) == 1
+        # Later fetches, also with another spelling of the digest, are served from disk.
+        assert await fetcher.fetch(url, DIGEST.upper()) == TARBALL
+        assert len(server.hits) == 1
+        assert (cache.downloads, cache.coalesced, cache.hits) == (1, 9, 1)
+    finally:
+        await fetcher.close()
+        cache.close()
+
+
+async def test_cached_mismatch_is_not_stored(server: ArtifactServer, tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path / "cache")
+    fetcher = ArtifactFetcher(cache)
+    wrong = "sha256:" + "1" * 64
+    try:
+        for _ in range(2):
+            with pytest.raises(ReasonError, match="digest mismatch"):
+                await fetcher.fetch(f"{server.base}/a/artifact.tar.gz", wrong)
+    finally:
+        await fetcher.close()
+        cache.close()
+    assert len(server.hits) == 2
+    assert cache.size_bytes() == 0
+
+
+async def test_fetch_files_extracts_and_narrows(
+    server: ArtifactServer, fetcher: ArtifactFetcher
+) -> None:
+    url = f"{server.base}/a/artifact.tar.gz"
+    assert await fetcher.fetch_files(url, DIGEST) == {
+        "main.jsonnet": b"{a: 1}",
+        "sub/lib.libsonnet": b"{b: 2}",
+    }
+    assert await fetcher.fetch_files(url, DIGEST, "sub") == {"lib.libsonnet": b"{b: 2}"}
+
+
+async def test_corrupt_archive_is_permanent_only_when_digest_verified(
+    server: ArtifactServer, fetcher: ArtifactFetcher
+) -> None:
+    server.files["corrupt.tar.gz"] = b"not a tarball"
+    url = f"{server.base}/a/corrupt.tar.gz"
+    digest = "sha256:" + hashlib.sha256(b"not a tarball").hexdigest()
+    with pytest.raises(ArchiveError, match=r"corrupt\.tar\.gz") as verified:
+        await fetcher.fetch_files(url, digest)
+    assert not verified.value.transient
+    with pytest.raises(ArchiveError) as unverified:
+        await fetcher.fetch_files(url, None)
+    assert unverified.value.transient
+    assert unverified.value.reason is Reason.SOURCE_FETCH_FAILED
+
+
+async def test_cap_violation_in_extraction_stays_permanent_without_digest(
+    server: ArtifactServer, fetcher: ArtifactFetcher
+) -> None:
+    server.files["big.tar.gz"] = make_tarball({"big.json": bytes((16 << 20) + 1)})
+    with pytest.raises(ReasonError, match="per-entry cap") as info:
+        await fetcher.fetch_files(f"{server.base}/a/big.tar.gz", None)
+    assert not info.value.transient
