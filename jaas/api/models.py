@@ -143,7 +143,12 @@ def _variables(items: Any, field_name: str) -> tuple[JsonnetVariable, ...]:
     return tuple(out)
 
 
-def _source_ref(raw: Any) -> SourceRef | None:
+def parse_source_ref(raw: Any) -> SourceRef | None:
+    """Parse a ``sourceRef`` object (of a snippet or a library); ``None`` when absent.
+
+    Raises:
+        ReasonError: ``InvalidSpec`` for an unknown kind or an empty name.
+    """
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
@@ -197,14 +202,14 @@ def parse_snippet_spec(spec: Mapping[str, Any]) -> SnippetSpec:
         isinstance(k, str) and isinstance(v, str) for k, v in files_raw.items()
     ):
         raise _invalid("spec.files must map file names to strings")
-    source_ref = _source_ref(spec.get("sourceRef"))
+    source_ref = parse_source_ref(spec.get("sourceRef"))
     if bool(files_raw) == (source_ref is not None):
         raise _invalid("exactly one of spec.files or spec.sourceRef must be set")
     entry_file = spec.get("entryFile") or DEFAULT_ENTRY_FILE
     if (
         not isinstance(entry_file, str)
         or len(entry_file) > 255
-        or not _ENTRY_FILE_PATTERN.match(entry_file)
+        or not _ENTRY_FILE_PATTERN.fullmatch(entry_file)
         or ".." in entry_file
     ):
         raise _invalid(f"spec.entryFile {entry_file!r} must match [A-Za-z0-9._/-]+ without '..'")

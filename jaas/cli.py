@@ -1,0 +1,206 @@
+"""The ``jaas`` command line: ``jaas operator`` (and the internal ``jaas shard``).
+
+Exit codes follow metio/jaas: 0 ok, 1 runtime failure, 2 flag misuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from jaas import __version__
+from jaas.options import OperatorOptions, duration_flag, parse_ext_vars, parse_quantity
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError(f"invalid boolean {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text!r} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``jaas`` subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="jaas", description="Jsonnet-as-a-Service for Kubernetes (jaas-py)."
+    )
+    parser.add_argument("--version", action="version", version=f"jaas-py {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    op = sub.add_parser(
+        "operator",
+        help="reconcile JsonnetSnippets into Flux ExternalArtifacts",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = OperatorOptions(storage_path="", storage_base_url="")
+    op.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig path (default: $KUBECONFIG, in-cluster, ~/.kube/config)",
+    )
+    op.add_argument("--shards", type=_positive_int, default=d.shards, help="shard worker processes")
+    op.add_argument(
+        "--evaluators",
+        type=_positive_int,
+        default=d.evaluators,
+        help="evaluator processes in the pool",
+    )
+    op.add_argument(
+        "--evaluation-timeout",
+        type=duration_flag,
+        default="5s",
+        help="wall-clock limit of one evaluation; the evaluator is killed at it",
+    )
+    op.add_argument(
+        "--evaluation-memory-limit",
+        type=parse_quantity,
+        default="2Gi",
+        help="address-space limit (RLIMIT_AS) of an evaluator process; 0 disables",
+    )
+    op.add_argument("--max-stack", type=int, default=d.max_stack, help="Jsonnet call depth limit")
+    op.add_argument(
+        "--storage-path", required=True, help="directory where published artifacts are stored"
+    )
+    op.add_argument(
+        "--storage-base-url",
+        required=True,
+        help="URL under which --storage-path is served, e.g. http://jaas-storage.jaas.svc:8082",
+    )
+    op.add_argument("--storage-listen-address", default=d.storage_listen_address)
+    op.add_argument("--storage-port", type=int, default=d.storage_port)
+    op.add_argument("--management-listen-address", default=d.management_listen_address)
+    op.add_argument(
+        "--management-port", type=int, default=d.management_port, help="/live, /ready and /start"
+    )
+    op.add_argument(
+        "--metrics-bind-address",
+        default=d.metrics_bind_address,
+        help="host:port of /metrics; 0 disables",
+    )
+    op.add_argument(
+        "--cache-path",
+        default=d.cache_path,
+        help="content-addressed cache of fetched source artifacts",
+    )
+    op.add_argument("--cache-max-bytes", type=parse_quantity, default="1Gi")
+    op.add_argument(
+        "--artifact-gc-grace",
+        type=duration_flag,
+        default="5m",
+        help="how long a revision outside spec.history stays downloadable after being superseded",
+    )
+    op.add_argument(
+        "--storage-sweep-interval",
+        type=duration_flag,
+        default="10m",
+        help="how often abandoned temporary files are removed from --storage-path; 0 disables",
+    )
+    op.add_argument(
+        "--no-cross-namespace-refs",
+        type=_bool,
+        default=True,
+        help="reject sourceRefs and libraries in other namespaces",
+    )
+    op.add_argument(
+        "--concurrent-reconciles",
+        type=_positive_int,
+        default=d.concurrent_reconciles,
+        help="snippets reconciled at once per shard",
+    )
+    op.add_argument(
+        "--ext-var",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="operator-wide external variable (repeatable; also JAAS_EXT_VAR_<KEY>)",
+    )
+    op.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    op.add_argument("--log-format", choices=["json", "text"], default="json")
+    op.add_argument(
+        "--runtime-dir",
+        default=None,
+        help="directory for the control socket and metrics files (default: a new temp dir)",
+    )
+
+    shard = sub.add_parser("shard", help=argparse.SUPPRESS)
+    shard.add_argument("--shard-name", required=True)
+    shard.add_argument("--members", required=True)
+    shard.add_argument("--leader-socket", required=True)
+    shard.add_argument("--options", required=True)
+    return parser
+
+
+def _operator(args: argparse.Namespace) -> int:
+    try:
+        ext_vars = parse_ext_vars(args.ext_var, dict(os.environ))
+    except ValueError as err:
+        print(f"jaas: {err}", file=sys.stderr)
+        return 2
+    options = OperatorOptions(
+        storage_path=args.storage_path,
+        storage_base_url=args.storage_base_url,
+        kubeconfig=args.kubeconfig,
+        shards=args.shards,
+        evaluators=args.evaluators,
+        evaluation_timeout=args.evaluation_timeout,
+        evaluation_memory_limit=args.evaluation_memory_limit,
+        max_stack=args.max_stack,
+        storage_listen_address=args.storage_listen_address,
+        storage_port=args.storage_port,
+        management_listen_address=args.management_listen_address,
+        management_port=args.management_port,
+        metrics_bind_address=args.metrics_bind_address,
+        cache_path=args.cache_path,
+        cache_max_bytes=args.cache_max_bytes,
+        no_cross_namespace_refs=args.no_cross_namespace_refs,
+        concurrent_reconciles=args.concurrent_reconciles,
+        artifact_gc_grace=args.artifact_gc_grace,
+        storage_sweep_interval=args.storage_sweep_interval,
+        ext_vars=ext_vars,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        runtime_dir=args.runtime_dir,
+    )
+    runtime = Path(options.runtime_dir or tempfile.mkdtemp(prefix="jaas-operator-"))
+    # Must precede the first import of prometheus_client (see jaas.observability.multiproc).
+    from jaas.observability import multiproc
+
+    multiproc.enable(runtime / "metrics")
+    from jaas.observability import logging as jaas_logging
+
+    jaas_logging.setup("leader", level=options.log_level, fmt=options.log_format)
+    from jaas.shards import leader
+
+    return leader.main(options, runtime)
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from jaas.shards import worker
+
+    options = OperatorOptions.from_json(json.loads(args.options))
+    members = [m for m in args.members.split(",") if m]
+    return worker.main(options, args.shard_name, members, Path(args.leader_socket))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``jaas`` command line; return the process exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "operator":
+        return _operator(args)
+    if args.command == "shard":
+        return _shard(args)
+    return 2

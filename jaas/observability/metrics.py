@@ -1,0 +1,98 @@
+"""Prometheus metrics (``jaas_*``) shared by the leader and its shard workers.
+
+prometheus_client's multiprocess mode aggregates the counters of every process
+of one operator: the leader points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
+directory before any metric exists (``enable_multiprocess``), children inherit
+it, and the leader's ``/metrics`` serves the sum. prometheus_client picks its
+value class when it is first imported, so ``jaas.observability.multiproc``
+(which does not import it) must run first. Without that variable (unit
+tests, one-off tools) metrics are ordinary in-process metrics.
+
+Names and labels of the first group follow metio/jaas
+``internal/operator/metrics.go``; ``shard`` is ours.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.registry import REGISTRY
+
+from jaas.observability.multiproc import ENV
+
+RECONCILE_TOTAL = Counter(
+    "jaas_snippet_reconcile_total",
+    "Ready condition writes of JsonnetSnippets, by outcome and by the shard that reconciled.",
+    ["namespace", "name", "status", "reason", "shard"],
+)
+RECONCILE_SECONDS = Histogram(
+    "jaas_reconcile_duration_seconds",
+    "Duration of one snippet reconcile, by shard and Ready reason.",
+    ["shard", "reason"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RENDERED_BYTES = Histogram(
+    "jaas_snippet_rendered_bytes",
+    "Size of rendered.json on Synced.",
+    ["shard"],
+    buckets=(256, 1024, 4096, 16384, 65536, 262144, 1 << 20, 4 << 20, 16 << 20, 64 << 20),
+)
+WORKQUEUE_DEPTH = Gauge(
+    "jaas_workqueue_depth",
+    "Snippets waiting for a reconcile in a shard.",
+    ["shard"],
+    multiprocess_mode="livesum",
+)
+OWNED_NAMESPACES = Gauge(
+    "jaas_shard_owned_namespaces",
+    "Namespaces with at least one JsonnetSnippet that a shard owns.",
+    ["shard"],
+    multiprocess_mode="livesum",
+)
+EVALUATIONS_TOTAL = Counter(
+    "jaas_evaluations_total",
+    "Evaluations by the evaluator pool, by result (ok, failed, timeout).",
+    ["result"],
+)
+EVALUATION_SECONDS = Histogram(
+    "jaas_evaluation_duration_seconds",
+    "Wall-clock time of one evaluation round trip in the pool.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EVALUATOR_RESTARTS = Counter(
+    "jaas_evaluator_restarts_total",
+    "Evaluator processes replaced after a crash, a timeout kill or a memory-cap kill.",
+)
+SHARD_RESTARTS = Counter(
+    "jaas_shard_restarts_total",
+    "Shard worker processes restarted by the leader after they exited.",
+    ["shard"],
+)
+SOURCE_FETCHES = Counter(
+    "jaas_source_fetch_total",
+    "Flux source artifact resolutions by result (ok, not_ready, failed).",
+    ["result"],
+)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop the live gauges of a dead child (``livesum`` semantics)."""
+    if os.environ.get(ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def exposition() -> bytes:
+    """The Prometheus text exposition of every process of this operator."""
+    if os.environ.get(ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

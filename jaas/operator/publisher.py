@@ -1,0 +1,235 @@
+"""Publish a packaged artifact: store it, then point the ExternalArtifact at it.
+
+Order and shape follow metio/jaas ``internal/operator/publisher.go``: store
+Put (content addressed, skip if present) → upsert the ExternalArtifact (spec,
+then status through the status subresource) → prune revisions outside the
+keep-set, so the ExternalArtifact never points at a pruned file. The
+ExternalArtifact has the snippet's name and namespace, ``spec.sourceRef``
+``{apiVersion: jaas.metio.wtf/v1, kind: JsonnetSnippet, name}`` and a
+``Ready=True`` condition with reason ``Succeeded``; it is never set to
+``Ready=False``: after a failed reconcile it keeps pointing at the last good
+artifact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from jaas.api.conditions import find_condition, now_rfc3339, set_condition
+from jaas.api.constants import (
+    API_VERSION,
+    EXTERNAL_ARTIFACT_KIND,
+    EXTERNAL_ARTIFACT_PLURAL,
+    EXTERNAL_ARTIFACT_READY_REASON,
+    FLUX_SOURCE_API_VERSION,
+    FLUX_SOURCE_GROUP,
+    FLUX_SOURCE_VERSION,
+    READY,
+    SNIPPET_KIND,
+)
+from jaas.operator.kube import KubeApiError, KubeClient, resource_path
+
+Obj = dict[str, Any]
+
+
+class Package(Protocol):
+    """What the publisher needs of ``jaas.storage.package.Package``."""
+
+    @property
+    def revision(self) -> str:
+        """``sha256:<hex>`` of the content."""
+        ...
+
+    @property
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the tarball."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Tarball size in bytes."""
+        ...
+
+    @property
+    def file_name(self) -> str:
+        """``sha256-<revision hex>.tar.gz``."""
+        ...
+
+
+class Store(Protocol):
+    """What the publisher needs of ``jaas.storage.local.LocalStore`` (blocking calls)."""
+
+    def put(self, namespace: str, name: str, package: Any) -> str:
+        """Store the package; return its path relative to the storage root."""
+        ...
+
+    def prune(self, namespace: str, name: str, keep: set[str], *, grace: float = 0.0) -> Any:
+        """Delete revisions not in ``keep`` once superseded for ``grace`` seconds."""
+        ...
+
+    def delete(self, namespace: str, name: str) -> Any:
+        """Delete every stored revision of the snippet."""
+        ...
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Flux's ``meta.Artifact`` as JaaS publishes it (``metadata`` is never written)."""
+
+    url: str
+    path: str
+    revision: str
+    digest: str
+    size: int
+    last_update_time: str
+
+    def to_api(self) -> dict[str, Any]:
+        """The ``status.artifact`` object."""
+        return {
+            "url": self.url,
+            "path": self.path,
+            "revision": self.revision,
+            "digest": self.digest,
+            "size": self.size,
+            "lastUpdateTime": self.last_update_time,
+        }
+
+
+def external_artifact_path(namespace: str, name: str | None = None) -> str:
+    """API path of an ExternalArtifact (or of the namespace's collection)."""
+    return resource_path(
+        FLUX_SOURCE_GROUP, FLUX_SOURCE_VERSION, EXTERNAL_ARTIFACT_PLURAL, namespace, name
+    )
+
+
+def desired_source_ref(name: str) -> dict[str, str]:
+    """The ``spec.sourceRef`` back-pointer JaaS writes (no namespace: same as the EA's)."""
+    return {"apiVersion": API_VERSION, "kind": SNIPPET_KIND, "name": name}
+
+
+class Publisher:
+    """Stores artifacts and maintains ExternalArtifacts for one API identity.
+
+    ``base_url`` is ``--storage-base-url``; artifact URLs are
+    ``<base_url>/<namespace>/<name>/sha256-<hex>.tar.gz``. Revisions outside
+    the keep-set are deleted once superseded for ``gc_grace`` seconds
+    (``--artifact-gc-grace``, JaaS default 5m), so a consumer that read the old
+    URL a moment ago can still download it.
+    """
+
+    def __init__(
+        self, client: KubeClient, store: Store, base_url: str, *, gc_grace: float = 300.0
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.base_url = base_url.rstrip("/")
+        self.gc_grace = gc_grace
+
+    async def publish(
+        self, namespace: str, name: str, package: Package, keep: set[str]
+    ) -> Artifact:
+        """Store ``package``, upsert the ExternalArtifact, prune to ``keep`` (file names).
+
+        Raises:
+            KubeApiError: the ExternalArtifact could not be written.
+            OSError: the store could not be written.
+        """
+        path = await asyncio.to_thread(self.store.put, namespace, name, package)
+        artifact = Artifact(
+            url=f"{self.base_url}/{path}",
+            path=path,
+            revision=package.revision,
+            digest=package.digest,
+            size=package.size,
+            last_update_time=now_rfc3339(),
+        )
+        artifact = await self.upsert_external_artifact(namespace, name, artifact)
+        await asyncio.to_thread(
+            functools.partial(
+                self.store.prune, namespace, name, keep | {package.file_name}, grace=self.gc_grace
+            )
+        )
+        return artifact
+
+    async def upsert_external_artifact(
+        self, namespace: str, name: str, artifact: Artifact
+    ) -> Artifact:
+        """Create or update the ExternalArtifact and its status; return the artifact as written.
+
+        An unchanged artifact keeps its ``lastUpdateTime`` and causes no write.
+        """
+        path = external_artifact_path(namespace, name)
+        try:
+            ea: Obj = await self.client.get(path)
+        except KubeApiError as err:
+            if not err.not_found:
+                raise
+            ea = await self._create(namespace, name)
+        spec_ref = (ea.get("spec") or {}).get("sourceRef")
+        if spec_ref != desired_source_ref(name):
+            ea = await self.client.merge_patch(
+                path, {"spec": {"sourceRef": desired_source_ref(name)}}
+            )
+        status = ea.get("status") or {}
+        current = status.get("artifact") or {}
+        ready = find_condition(status.get("conditions"), READY)
+        same = all(
+            current.get(k) == v for k, v in artifact.to_api().items() if k != "lastUpdateTime"
+        )
+        if same and current.get("lastUpdateTime"):
+            artifact = Artifact(
+                artifact.url,
+                artifact.path,
+                artifact.revision,
+                artifact.digest,
+                artifact.size,
+                str(current["lastUpdateTime"]),
+            )
+            if ready is not None and ready.get("status") == "True":
+                return artifact
+        generation = (ea.get("metadata") or {}).get("generation")
+        conditions = set_condition(
+            status.get("conditions"),
+            type_=READY,
+            status=True,
+            reason=EXTERNAL_ARTIFACT_READY_REASON,
+            message="artifact published",
+            observed_generation=generation if isinstance(generation, int) else None,
+        )
+        patch: Obj = {"status": {"artifact": artifact.to_api(), "conditions": conditions}}
+        if isinstance(generation, int):
+            patch["status"]["observedGeneration"] = generation
+        await self.client.merge_patch(path + "/status", patch)
+        return artifact
+
+    async def _create(self, namespace: str, name: str) -> Obj:
+        body = {
+            "apiVersion": FLUX_SOURCE_API_VERSION,
+            "kind": EXTERNAL_ARTIFACT_KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"sourceRef": desired_source_ref(name)},
+        }
+        try:
+            created: Obj = await self.client.create(external_artifact_path(namespace), body)
+            return created
+        except KubeApiError as err:
+            if not err.conflict:
+                raise
+            existing: Obj = await self.client.get(external_artifact_path(namespace, name))
+            return existing
+
+    async def withdraw(self, namespace: str, name: str) -> None:
+        """Delete the ExternalArtifact (absent is fine) and every stored revision.
+
+        Raises:
+            KubeApiError: the ExternalArtifact could not be deleted.
+        """
+        try:
+            await self.client.delete(external_artifact_path(namespace, name))
+        except KubeApiError as err:
+            if not err.not_found:
+                raise
+        await asyncio.to_thread(self.store.delete, namespace, name)

@@ -1,0 +1,163 @@
+"""A work queue with per-key de-duplication, serialisation, delays and backoff.
+
+The semantics are client-go's ``workqueue`` (k8s.io/client-go/util/workqueue):
+a key queued several times before a worker takes it is processed once; a key
+is never processed by two workers at once, and a key added while it is being
+processed runs again right after; ``add_after`` schedules a key for later
+(keeping the earliest time); ``backoff`` grows per key on consecutive failures
+until ``forget`` resets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class ShutDown(Exception):
+    """The queue was shut down; workers should exit."""
+
+
+class WorkQueue(Generic[K]):
+    """Keys waiting for a reconcile.
+
+    ``base_delay`` and ``max_delay`` (seconds) bound the per-key exponential
+    failure backoff: ``base_delay * 2**failures``, capped, with ±10 % jitter.
+    """
+
+    def __init__(self, *, base_delay: float = 1.0, max_delay: float = 960.0) -> None:
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._queue: deque[K] = deque()
+        self._dirty: set[K] = set()
+        self._processing: set[K] = set()
+        self._failures: dict[K, int] = {}
+        self._timers: dict[K, tuple[float, asyncio.TimerHandle]] = {}
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._shutdown = False
+        #: Keys added in total (after de-duplication) and keys completed.
+        self.adds = 0
+        self.completions = 0
+
+    def __len__(self) -> int:
+        """Keys waiting (not counting those being processed or delayed)."""
+        return len(self._queue)
+
+    @property
+    def delayed(self) -> int:
+        """Keys scheduled for later."""
+        return len(self._timers)
+
+    @property
+    def in_flight(self) -> int:
+        """Keys being processed now."""
+        return len(self._processing)
+
+    def add(self, key: K) -> None:
+        """Queue ``key`` now (no-op if already waiting)."""
+        if self._shutdown or key in self._dirty:
+            return
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer[1].cancel()
+        self._dirty.add(key)
+        self.adds += 1
+        if key not in self._processing:
+            self._queue.append(key)
+            self._notify()
+
+    def add_after(self, key: K, delay: float) -> None:
+        """Queue ``key`` after ``delay`` seconds, unless it is queued sooner anyway."""
+        if self._shutdown:
+            return
+        if delay <= 0:
+            self.add(key)
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        existing = self._timers.get(key)
+        if existing is not None:
+            if existing[0] <= when:
+                return
+            existing[1].cancel()
+        handle = loop.call_at(when, self._fire, key)
+        self._timers[key] = (when, handle)
+
+    def _fire(self, key: K) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def backoff(self, key: K) -> float:
+        """Record a failure of ``key`` and return the delay before its retry (seconds)."""
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        delay = min(self.base_delay * float(2 ** min(failures, 32)), self.max_delay)
+        return delay * random.uniform(0.9, 1.1)
+
+    def forget(self, key: K) -> None:
+        """Reset the failure backoff of ``key`` (after a success)."""
+        self._failures.pop(key, None)
+
+    def failures(self, key: K) -> int:
+        """Consecutive failures recorded for ``key``."""
+        return self._failures.get(key, 0)
+
+    def cancel(self, key: K) -> None:
+        """Drop a pending delayed add and the backoff state of ``key`` (object deleted)."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer[1].cancel()
+        self._failures.pop(key, None)
+
+    def _notify(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def get(self) -> K:
+        """Wait for the next key and mark it as being processed.
+
+        Raises:
+            ShutDown: the queue was shut down.
+        """
+        while not self._queue or self._shutdown:
+            if self._shutdown:
+                raise ShutDown
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._notify()  # pass the wake-up on to another worker
+                raise
+        key = self._queue.popleft()
+        self._dirty.discard(key)
+        self._processing.add(key)
+        return key
+
+    def done(self, key: K) -> None:
+        """Mark ``key`` as processed; it is queued again if it was added meanwhile."""
+        self._processing.discard(key)
+        self.completions += 1
+        if key in self._dirty and not self._shutdown:
+            self._queue.append(key)
+            self._notify()
+
+    async def shutdown(self) -> None:
+        """Stop handing out keys; waiting workers get ``ShutDown``."""
+        self._shutdown = True
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)

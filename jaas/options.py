@@ -1,0 +1,118 @@
+"""Operator settings: the ``jaas operator`` flags, their defaults and their parsing.
+
+Flag names and defaults follow metio/jaas ``internal/cliflags`` where JaaS has
+the same setting (``--evaluation-timeout 5s``, ``--max-stack 500``,
+``--storage-port 8082``, ``--no-cross-namespace-refs`` true, ``--ext-var``);
+the sharding and process flags are ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaas.api.models import parse_duration
+
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|k|K|M|G|T)?i?B?$")
+_FACTORS = {
+    None: 1,
+    "k": 1000,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+}
+
+
+def parse_quantity(text: str) -> int:
+    """Parse a byte quantity (``"2Gi"``, ``"512Mi"``, ``"1G"``, ``"1048576"``) into bytes.
+
+    Raises:
+        ValueError: not a quantity.
+    """
+    m = _QUANTITY.match(text.strip())
+    if not m:
+        raise ValueError(f"invalid quantity {text!r} (e.g. 512Mi, 2Gi)")
+    return int(float(m.group(1)) * _FACTORS[m.group(2)])
+
+
+def parse_ext_vars(flags: list[str], environ: dict[str, str]) -> dict[str, str]:
+    """Merge ``JAAS_EXT_VAR_<NAME>`` environment variables and ``--ext-var KEY=VALUE`` flags.
+
+    Flags win on a conflict (metio/jaas ``internal/handler``).
+
+    Raises:
+        ValueError: a flag without ``=`` or with an empty key.
+    """
+    out = {
+        k.removeprefix("JAAS_EXT_VAR_"): v
+        for k, v in environ.items()
+        if k.startswith("JAAS_EXT_VAR_") and k != "JAAS_EXT_VAR_"
+    }
+    for flag in flags:
+        key, sep, value = flag.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--ext-var {flag!r} must be KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@dataclass
+class OperatorOptions:
+    """Everything the leader and its shards need to know (durations in seconds, sizes in bytes)."""
+
+    storage_path: str
+    storage_base_url: str
+    kubeconfig: str | None = None
+    shards: int = field(default_factory=lambda: os.cpu_count() or 1)
+    evaluators: int = field(default_factory=lambda: os.cpu_count() or 1)
+    evaluation_timeout: float = 5.0
+    evaluation_memory_limit: int = 2 * 1024**3
+    max_stack: int = 500
+    #: Artifacts are fetched by Flux controllers in other pods, so listen on every interface.
+    storage_listen_address: str = "0.0.0.0"
+    storage_port: int = 8082
+    management_listen_address: str = "127.0.0.1"
+    management_port: int = 8081
+    metrics_bind_address: str = ":8083"
+    cache_path: str = field(
+        default_factory=lambda: os.path.join(tempfile.gettempdir(), "jaas-cache")
+    )
+    cache_max_bytes: int = 1024**3
+    no_cross_namespace_refs: bool = True
+    concurrent_reconciles: int = 8
+    artifact_gc_grace: float = 300.0
+    storage_sweep_interval: float = 600.0
+    ext_vars: dict[str, str] = field(default_factory=dict)
+    log_level: str = "info"
+    log_format: str = "json"
+    runtime_dir: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (the leader hands it to its shard processes)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> OperatorOptions:
+        """Rebuild options from ``to_json`` output."""
+        return cls(**doc)
+
+
+def duration_flag(text: str) -> float:
+    """Parse a Go duration flag (``5s``, ``1m30s``) into seconds; ``0`` disables.
+
+    Raises:
+        ValueError: not a duration, or negative.
+    """
+    seconds = parse_duration(text)
+    if seconds < 0:
+        raise ValueError(f"duration {text!r} must not be negative")
+    return seconds

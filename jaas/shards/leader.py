@@ -1,0 +1,264 @@
+"""The leader process of ``jaas operator``.
+
+It owns everything that is per pod rather than per shard (design.md §3):
+
+* the evaluator pool, which every shard evaluates through (``ShardEndpoint``);
+* one supervised shard worker process per shard identity;
+* the HTTP servers: artifacts (``--storage-port``), health
+  (``--management-port``: ``/live``, ``/ready``, ``/start``, as metio/jaas
+  ``internal/handler/health.go``) and Prometheus metrics (``/metrics``, the sum
+  over every process of the operator).
+
+SIGTERM or SIGINT shut it down in order: stop being ready, stop the shards
+(they finish in-flight reconciles), stop the pool, stop the HTTP servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from jaas.api.reasons import Reason, ReasonError
+from jaas.evaluator.pool import EvaluatorPool
+from jaas.evaluator.request import EvaluationRequest, EvaluationResult
+from jaas.observability import metrics
+from jaas.options import OperatorOptions
+from jaas.shards.assignment import local_shard_names
+from jaas.shards.channel import ShardEndpoint
+from jaas.shards.supervisor import Supervisor
+from jaas.storage.local import LocalStore
+from jaas.storage.server import add_artifact_routes
+
+log = logging.getLogger(__name__)
+
+
+def _json(status: str, code: int = 200) -> web.Response:
+    return web.json_response({"status": status}, status=code)
+
+
+class Leader:
+    """Runs one operator pod's worth of processes until told to stop."""
+
+    def __init__(self, options: OperatorOptions, runtime_dir: Path) -> None:
+        self.options = options
+        self.runtime_dir = runtime_dir
+        self.shard_names = local_shard_names(options.shards)
+        self.pool = EvaluatorPool(
+            size=options.evaluators,
+            timeout=options.evaluation_timeout,
+            memory_limit=options.evaluation_memory_limit or None,
+            max_stack=options.max_stack,
+        )
+        self.endpoint = ShardEndpoint(
+            runtime_dir / "leader.sock",
+            self._evaluate,
+            on_ready=self._shard_ready,
+            on_gone=self._shard_gone,
+        )
+        self.ready_shards: set[str] = set()
+        self._restarts_seen = 0
+        self._background: list[asyncio.Task[None]] = []
+        self.supervisors: dict[str, Supervisor] = {}
+        self.started = False
+        self.draining = False
+        self._runners: list[web.AppRunner] = []
+        self.stop_requested = asyncio.Event()
+
+    async def _sweep_storage(self) -> None:
+        """Remove temporary files that a killed shard left in the store (JaaS sweeper)."""
+        store = LocalStore(Path(self.options.storage_path))
+        while True:
+            await asyncio.sleep(self.options.storage_sweep_interval)
+            try:
+                removed = await asyncio.to_thread(store.sweep)
+            except OSError as err:
+                log.warning("storage sweep failed: %s", err)
+            else:
+                if removed:
+                    log.info("storage sweep removed %d abandoned temporary files", removed)
+
+    async def _evaluate(self, request: EvaluationRequest) -> EvaluationResult:
+        started = time.perf_counter()
+        result = "failed"
+        try:
+            evaluated = await self.pool.evaluate(request)
+            result = "ok"
+            return evaluated
+        except ReasonError as err:
+            if err.reason is Reason.EVALUATION_TIMEOUT:
+                result = "timeout"
+            raise
+        finally:
+            metrics.EVALUATIONS_TOTAL.labels(result).inc()
+            metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+            restarts = self.pool.restarts
+            if restarts > self._restarts_seen:
+                metrics.EVALUATOR_RESTARTS.inc(restarts - self._restarts_seen)
+                self._restarts_seen = restarts
+
+    def _shard_ready(self, shard: str) -> None:
+        self.ready_shards.add(shard)
+        log.info("%s is ready (%d/%d)", shard, len(self.ready_shards), len(self.shard_names))
+
+    def _shard_gone(self, shard: str) -> None:
+        self.ready_shards.discard(shard)
+
+    @property
+    def ready(self) -> bool:
+        """All shards have synced their informers and we are not shutting down."""
+        return not self.draining and self.ready_shards >= set(self.shard_names)
+
+    def shard_argv(self, shard: str) -> list[str]:
+        """Command line of one shard worker process."""
+        return [
+            sys.executable,
+            "-m",
+            "jaas",
+            "shard",
+            "--shard-name",
+            shard,
+            "--members",
+            ",".join(self.shard_names),
+            "--leader-socket",
+            str(self.endpoint.socket_path),
+            "--options",
+            json.dumps(self.options.to_json()),
+        ]
+
+    def _on_shard_exit(self, shard: str) -> Any:
+        def on_exit(pid: int, code: int) -> None:
+            metrics.mark_process_dead(pid)
+            if not self.draining:
+                metrics.SHARD_RESTARTS.labels(shard).inc()
+
+        return on_exit
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    async def _live(self, _request: web.Request) -> web.Response:
+        return _json("ok")
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        return _json("ok") if self.ready else _json("not_ready", 503)
+
+    async def _start(self, _request: web.Request) -> web.Response:
+        return _json("ok") if self.started else _json("not_started", 503)
+
+    async def _shards(self, _request: web.Request) -> web.Response:
+        """The shard processes: identity, PID, readiness and restart count."""
+        return web.json_response(
+            [
+                {
+                    "name": name,
+                    "pid": sup.pid,
+                    "ready": name in self.ready_shards,
+                    "restarts": sup.restarts,
+                }
+                for name, sup in self.supervisors.items()
+            ]
+        )
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(metrics.exposition)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        self._runners.append(runner)
+
+    async def start_http(self) -> None:
+        """Bind the storage, management and metrics servers.
+
+        Raises:
+            OSError: a port is taken.
+        """
+        storage = web.Application()
+        add_artifact_routes(storage, Path(self.options.storage_path))
+        await self._serve(storage, self.options.storage_listen_address, self.options.storage_port)
+        management = web.Application()
+        for path, handler in (
+            ("/live", self._live),
+            ("/ready", self._ready),
+            ("/start", self._start),
+        ):
+            management.router.add_get(path, handler)
+        management.router.add_get("/healthz", self._live)
+        management.router.add_get("/readyz", self._ready)
+        management.router.add_get("/shards", self._shards)
+        await self._serve(
+            management, self.options.management_listen_address, self.options.management_port
+        )
+        if self.options.metrics_bind_address not in ("", "0"):
+            host, _, port = self.options.metrics_bind_address.rpartition(":")
+            app = web.Application()
+            app.router.add_get("/metrics", self._metrics)
+            await self._serve(app, host or "0.0.0.0", int(port))
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start everything, wait for SIGTERM/SIGINT, shut down; return the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        await self.pool.start()
+        await self.endpoint.start()
+        try:
+            await self.start_http()
+            for shard in self.shard_names:
+                sup = Supervisor(shard, self.shard_argv(shard), on_exit=self._on_shard_exit(shard))
+                self.supervisors[shard] = sup
+                sup.start()
+            if self.options.storage_sweep_interval > 0:
+                self._background.append(asyncio.create_task(self._sweep_storage()))
+            self.started = True
+            log.info(
+                "operator started: %d shards, %d evaluators, artifacts at %s",
+                len(self.shard_names),
+                self.options.evaluators,
+                self.options.storage_base_url,
+            )
+            await self.stop_requested.wait()
+            log.info("shutting down")
+        finally:
+            await self.shutdown()
+        return 0
+
+    async def shutdown(self) -> None:
+        """Stop shards, the pool, the control socket and the HTTP servers."""
+        self.draining = True
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*(sup.stop() for sup in self.supervisors.values()))
+        await self.endpoint.close()
+        await self.pool.close()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+
+def main(options: OperatorOptions, runtime_dir: Path) -> int:
+    """Process entry point of ``jaas operator`` (after logging and metrics are set up).
+
+    ``runtime_dir`` holds the control socket; it is removed on exit unless it
+    was given with ``--runtime-dir``.
+    """
+    import uvloop
+
+    Path(options.storage_path).mkdir(parents=True, exist_ok=True)
+    try:
+        return uvloop.run(Leader(options, runtime_dir).run())
+    finally:
+        if options.runtime_dir is None:
+            shutil.rmtree(runtime_dir, ignore_errors=True)

@@ -1,0 +1,49 @@
+import pytest
+
+from jaas.cli import build_parser
+from jaas.options import OperatorOptions, parse_ext_vars, parse_quantity
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("2Gi", 2 * 1024**3), ("512Mi", 512 * 1024**2), ("1G", 10**9), ("1048576", 1048576)],
+)
+def test_parse_quantity(text: str, value: int) -> None:
+    assert parse_quantity(text) == value
+
+
+def test_ext_var_flags_win_over_environment() -> None:
+    env = {"JAAS_EXT_VAR_cluster": "env", "JAAS_EXT_VAR_region": "eu", "OTHER": "x"}
+    assert parse_ext_vars(["cluster=flag", "empty="], env) == {
+        "cluster": "flag",
+        "region": "eu",
+        "empty": "",
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_ext_vars(["novalue"], {})
+
+
+def test_operator_flags_parse_durations_and_quantities() -> None:
+    args = build_parser().parse_args(
+        [
+            "operator",
+            "--storage-path",
+            "/tmp/a",
+            "--storage-base-url",
+            "http://x",
+            "--evaluation-timeout",
+            "1m30s",
+            "--evaluation-memory-limit",
+            "1Gi",
+            "--no-cross-namespace-refs",
+            "false",
+        ]
+    )
+    assert args.evaluation_timeout == 90
+    assert args.evaluation_memory_limit == 1024**3
+    assert args.no_cross_namespace_refs is False
+
+
+def test_options_round_trip_through_json() -> None:
+    options = OperatorOptions(storage_path="/s", storage_base_url="http://b", ext_vars={"a": "b"})
+    assert OperatorOptions.from_json(options.to_json()) == options
