@@ -1,0 +1,113 @@
+"""Helpers for end-to-end tests of the operator: create snippets, wait for conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import tarfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from jaas.api.conditions import find_condition
+from jaas.api.constants import GROUP, SNIPPET_PLURAL, VERSION
+from jaas.operator.kube import KubeClient, resource_path
+from jaas.operator.publisher import external_artifact_path
+
+Obj = dict[str, Any]
+
+
+def snippet_path(namespace: str, name: str | None = None) -> str:
+    return resource_path(GROUP, VERSION, SNIPPET_PLURAL, namespace, name)
+
+
+def snippet(name: str, **spec: Any) -> Obj:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "JsonnetSnippet",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def ready(obj: Obj) -> Obj:
+    """The Ready condition of ``obj`` (empty dict if none)."""
+    return find_condition((obj.get("status") or {}).get("conditions"), "Ready") or {}
+
+
+async def create_snippet(client: KubeClient, namespace: str, name: str, **spec: Any) -> Obj:
+    body = snippet(name, **spec)
+    created: Obj = await client.create(snippet_path(namespace), body)
+    return created
+
+
+async def wait_for(
+    client: KubeClient,
+    path: str,
+    predicate: Callable[[Obj], bool],
+    *,
+    timeout: float = 60.0,
+    what: str = "condition",
+) -> Obj:
+    """Poll ``path`` until ``predicate`` holds; fail with the last object after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    obj: Obj = {}
+    while time.monotonic() < deadline:
+        obj = await client.get(path)
+        if predicate(obj):
+            return obj
+        await asyncio.sleep(0.2)
+    raise AssertionError(
+        f"timed out waiting for {what} on {path}; last status: {obj.get('status')}"
+    )
+
+
+async def wait_reason(
+    client: KubeClient,
+    namespace: str,
+    name: str,
+    reason: str,
+    *,
+    timeout: float = 60.0,
+    generation: int | None = None,
+) -> Obj:
+    """Wait until the snippet's Ready reason is ``reason`` (for ``generation`` if given)."""
+
+    def check(obj: Obj) -> bool:
+        cond = ready(obj)
+        observed = (obj.get("status") or {}).get("observedGeneration")
+        return cond.get("reason") == reason and (generation is None or observed == generation)
+
+    return await wait_for(
+        client, snippet_path(namespace, name), check, timeout=timeout, what=f"Ready reason {reason}"
+    )
+
+
+async def get_external_artifact(client: KubeClient, namespace: str, name: str) -> Obj:
+    ea: Obj = await client.get(external_artifact_path(namespace, name))
+    return ea
+
+
+async def download(url: str) -> bytes:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200, f"GET {url}: {resp.status}"
+        return await resp.read()
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def untar(data: bytes) -> dict[str, bytes]:
+    """Members of a .tar.gz (regular files only) by name."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
+        for member in tar.getmembers():
+            content = tar.extractfile(member)
+            assert content is not None, f"{member.name} is not a regular file"
+            out[member.name] = content.read()
+    return out
