@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument(
         "--kubeconfig",
         default=None,
-        help="kubeconfig path (default: $KUBECONFIG, in-cluster, ~/.kube/config)",
+        help="kubeconfig path; unset: $KUBECONFIG, then in-cluster, then ~/.kube/config",
     )
     op.add_argument("--shards", type=_positive_int, default=d.shards, help="shard worker processes")
     op.add_argument(
@@ -80,9 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="URL under which --storage-path is served, e.g. http://jaas-storage.jaas.svc:8082",
     )
-    op.add_argument("--storage-listen-address", default=d.storage_listen_address)
-    op.add_argument("--storage-port", type=int, default=d.storage_port)
-    op.add_argument("--management-listen-address", default=d.management_listen_address)
+    op.add_argument(
+        "--storage-listen-address",
+        default=d.storage_listen_address,
+        help="address of the artifact server",
+    )
+    op.add_argument(
+        "--storage-port", type=int, default=d.storage_port, help="port of the artifact server"
+    )
+    op.add_argument(
+        "--management-listen-address",
+        default=d.management_listen_address,
+        help="address of the health server",
+    )
     op.add_argument(
         "--management-port", type=int, default=d.management_port, help="/live, /ready and /start"
     )
@@ -96,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.cache_path,
         help="content-addressed cache of fetched source artifacts",
     )
-    op.add_argument("--cache-max-bytes", type=parse_quantity, default="1Gi")
+    op.add_argument(
+        "--cache-max-bytes",
+        type=parse_quantity,
+        default="1Gi",
+        help="size bound of the artifact cache (LRU)",
+    )
     op.add_argument(
         "--artifact-gc-grace",
         type=duration_flag,
@@ -133,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument(
         "--runtime-dir",
         default=None,
-        help="directory for the control socket and metrics files (default: a new temp dir)",
+        help="directory for the control socket and metrics files; unset: a new temp dir",
     )
 
     shard = sub.add_parser("shard", help=argparse.SUPPRESS)

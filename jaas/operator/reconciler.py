@@ -167,21 +167,11 @@ class SnippetReconciler:
                 if FINALIZER not in (meta.get("finalizers") or []):
                     obj = await self._add_finalizer(obj)
                 outcome, reason = await self._reconcile_spec(obj)
-            except KubeApiError as err:
-                if err.not_found:
-                    return Outcome()
+            except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as err:
+                if isinstance(err, KubeApiError) and err.not_found:
+                    return Outcome()  # deleted meanwhile
                 log.warning(
-                    "reconcile of %s/%s failed: %s",
-                    namespace,
-                    name,
-                    err,
-                    extra={"namespace": namespace, "snippet": name},
-                )
-                span.set_status(trace.StatusCode.ERROR, str(err))
-                return Outcome(backoff=True)
-            except (aiohttp.ClientError, OSError, TimeoutError) as err:
-                log.warning(
-                    "reconcile of %s/%s interrupted: %r",
+                    "reconcile of %s/%s failed, will retry: %r",
                     namespace,
                     name,
                     err,

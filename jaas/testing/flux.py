@@ -41,6 +41,7 @@ from aiohttp import web
 from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from jaas.api.conditions import find_condition, set_condition
 from jaas.api.constants import (
     EXTERNAL_ARTIFACT_KIND,
     FLUX_SOURCE_API_VERSION,
@@ -587,22 +588,17 @@ class FluxPublisher:
         name: str = obj["metadata"]["name"]
         while True:
             generation: int = obj["metadata"].get("generation", 1)
-            now = _now()
-            transition = now
-            for condition in (obj.get("status") or {}).get("conditions") or []:
-                if condition.get("type") == READY and condition.get("status") == ready:
-                    transition = condition.get("lastTransitionTime") or now
+            previous = find_condition((obj.get("status") or {}).get("conditions"), READY)
             status: dict[str, Any] = {
-                "conditions": [
-                    {
-                        "type": READY,
-                        "status": ready,
-                        "reason": reason,
-                        "message": message,
-                        "lastTransitionTime": transition,
-                        "observedGeneration": generation,
-                    }
-                ],
+                "conditions": set_condition(
+                    [previous] if previous else [],
+                    type_=READY,
+                    status=ready == "True",
+                    reason=reason,
+                    message=message,
+                    observed_generation=generation,
+                    now=_now(),
+                ),
             }
             if artifact is not None:
                 status["artifact"] = artifact

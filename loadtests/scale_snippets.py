@@ -1,0 +1,161 @@
+"""How long N snippets over M namespaces take to become Ready, per shard count.
+
+For each shard count it starts a fresh control plane and ``jaas operator
+--shards S``, creates the snippets as fast as the API allows, polls until all
+are Ready, and samples the resident memory of every process of the operator
+(leader, shard workers, evaluators) and of kube-apiserver/etcd meanwhile.
+Prints one table; asserts nothing.
+
+    .venv/bin/python -m loadtests.scale_snippets --snippets 200 --namespaces 20 --shards 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jaas.api.conditions import find_condition
+from jaas.api.constants import GROUP, SNIPPET_PLURAL, VERSION
+from jaas.operator.kube import KubeClient, resource_path
+from jaas.testing.controlplane import ControlPlane, api_client_from_kubeconfig, default_crd_dirs
+from jaas.testing.operator import OperatorProcess
+
+PROGRAM = """
+local n = %(n)d;
+{
+  namespace: '%(ns)s',
+  items: [{ name: 'item-%%d' %% i, value: i * n, tags: ['a', 'b', std.toString(i)] }
+          for i in std.range(1, 50)],
+  total: std.foldl(function(a, b) a + b, std.range(1, 1000), 0),
+}
+"""
+
+
+@dataclass
+class Run:
+    """Figures of one run."""
+
+    shards: int
+    ready_seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    peak_rss: dict[str, int] = field(default_factory=dict)
+
+
+def classify(cmdline: str) -> str | None:
+    """Process kind of an operator process from its command line."""
+    if "jaas.evaluator.worker" in cmdline:
+        return "evaluator"
+    if " shard " in f" {cmdline} ":
+        return "shard"
+    if " operator " in f" {cmdline} ":
+        return "leader"
+    return None
+
+
+def sample_rss(session: int, peaks: dict[str, int]) -> None:
+    """Update ``peaks`` (kind -> max RSS bytes of one process) from ``ps``."""
+    out = subprocess.run(
+        ["ps", "-o", "rss=,args=", "-s", str(session)], capture_output=True, text=True
+    ).stdout
+    for line in out.splitlines():
+        rss, _, args = line.strip().partition(" ")
+        kind = classify(args)
+        if kind is not None:
+            peaks[kind] = max(peaks.get(kind, 0), int(rss) * 1024)
+
+
+async def measure(shards: int, snippets: int, namespaces: int, workdir: Path) -> Run:
+    """One run with ``shards`` shard workers; returns its figures."""
+    plane = await asyncio.to_thread(ControlPlane.start, workdir / "cp", default_crd_dirs())
+    operator = OperatorProcess(plane.kubeconfig, workdir / "op", shards=shards)
+    run = Run(shards)
+    api = await api_client_from_kubeconfig(plane.kubeconfig)
+    client = KubeClient(api)
+    try:
+        await asyncio.to_thread(operator.start)
+        assert operator.process is not None
+        names = [f"load-{i}" for i in range(namespaces)]
+        for ns in names:
+            await client.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+        created: dict[tuple[str, str], float] = {}
+        started = time.monotonic()
+
+        async def create(ns: str, j: int) -> None:
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "JsonnetSnippet",
+                "metadata": {"name": f"s{j}"},
+                "spec": {"files": {"main.jsonnet": PROGRAM % {"n": j, "ns": ns}}},
+            }
+            await client.create(resource_path(GROUP, VERSION, SNIPPET_PLURAL, ns), body)
+            created[(ns, f"s{j}")] = time.monotonic()
+
+        per_ns = snippets // namespaces
+        await asyncio.gather(*(create(ns, j) for ns in names for j in range(per_ns)))
+        pending = set(created)
+        while pending:
+            sample_rss(operator.process.pid, run.peak_rss)
+            now = time.monotonic()
+            for ns in {ns for ns, _ in pending}:
+                items = (await client.get(resource_path(GROUP, VERSION, SNIPPET_PLURAL, ns)))[
+                    "items"
+                ]
+                for item in items:
+                    key = (ns, item["metadata"]["name"])
+                    cond = find_condition((item.get("status") or {}).get("conditions"), "Ready")
+                    if key in pending and cond and cond.get("reason") == "Synced":
+                        pending.discard(key)
+                        run.latencies.append(now - created[key])
+            if time.monotonic() - started > 600:
+                raise TimeoutError(f"{len(pending)} snippets not Ready after 600 s")
+            await asyncio.sleep(0.1)
+        run.ready_seconds = time.monotonic() - started
+        rss = plane.rss()
+        run.peak_rss["kube-apiserver"] = rss["kube-apiserver"]
+        run.peak_rss["etcd"] = rss["etcd"]
+    finally:
+        await client.close()
+        await asyncio.to_thread(operator.stop)
+        await asyncio.to_thread(plane.stop)
+    return run
+
+
+def report(runs: list[Run], snippets: int, namespaces: int) -> None:
+    """Print the figures of all runs."""
+    print(f"\n{snippets} snippets in {namespaces} namespaces, until all Ready (2 evaluators)")
+    print("shards  all Ready (s)  snippets/s  p50 (s)  p95 (s)  max (s)  peak RSS MiB per process")
+    for run in runs:
+        lat = sorted(run.latencies)
+        p95 = lat[int(0.95 * (len(lat) - 1))]
+        mib = defaultdict(str, {k: f"{v / 2**20:.0f}" for k, v in run.peak_rss.items()})
+        print(
+            f"{run.shards:>6}  {run.ready_seconds:>13.1f}  {snippets / run.ready_seconds:>10.1f}  "
+            f"{statistics.median(lat):>7.2f}  {p95:>7.2f}  {lat[-1]:>7.2f}  "
+            f"leader {mib['leader']}, shard {mib['shard']}, evaluator {mib['evaluator']}, "
+            f"kube-apiserver {mib['kube-apiserver']}, etcd {mib['etcd']}"
+        )
+
+
+def main() -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--snippets", type=int, default=200)
+    parser.add_argument("--namespaces", type=int, default=20)
+    parser.add_argument("--shards", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    runs = []
+    for shards in args.shards:
+        with tempfile.TemporaryDirectory(prefix="jaas-load-") as tmp:
+            runs.append(asyncio.run(measure(shards, args.snippets, args.namespaces, Path(tmp))))
+    report(runs, args.snippets, args.namespaces)
+
+
+if __name__ == "__main__":
+    main()
