@@ -128,9 +128,22 @@ async def measure(shards: int, snippets: int, namespaces: int, workdir: Path) ->
 
 
 def report(runs: list[Run], snippets: int, namespaces: int) -> None:
-    """Print the figures of all runs."""
+    """Print the figures of all runs, then the median run of each shard count."""
     print(f"\n{snippets} snippets in {namespaces} namespaces, until all Ready (2 evaluators)")
     print("shards  all Ready (s)  snippets/s  p50 (s)  p95 (s)  max (s)  peak RSS MiB per process")
+    by_shards: dict[int, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_shards[run.shards].append(run)
+    medians = [
+        sorted(group, key=lambda r: r.ready_seconds)[len(group) // 2]
+        for group in by_shards.values()
+    ]
+    for label, rows in (("every run", runs), ("median run per shard count", medians)):
+        print(f"-- {label}")
+        _rows(rows, snippets)
+
+
+def _rows(runs: list[Run], snippets: int) -> None:
     for run in runs:
         lat = sorted(run.latencies)
         p95 = lat[int(0.95 * (len(lat) - 1))]
@@ -149,11 +162,14 @@ def main() -> None:
     parser.add_argument("--snippets", type=int, default=200)
     parser.add_argument("--namespaces", type=int, default=20)
     parser.add_argument("--shards", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per shard count (interleaved)")
     args = parser.parse_args()
     runs = []
-    for shards in args.shards:
-        with tempfile.TemporaryDirectory(prefix="jaas-load-") as tmp:
-            runs.append(asyncio.run(measure(shards, args.snippets, args.namespaces, Path(tmp))))
+    for _ in range(args.repeat):
+        for shards in args.shards:
+            with tempfile.TemporaryDirectory(prefix="jaas-load-") as tmp:
+                run = asyncio.run(measure(shards, args.snippets, args.namespaces, Path(tmp)))
+                runs.append(run)
     report(runs, args.snippets, args.namespaces)
 
 

@@ -16,8 +16,8 @@ import _gojsonnet
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
-from jaas.api.constants import FINALIZER
-from jaas.operator.kube import KubeApiError, KubeClient
+from jaas.api.constants import FINALIZER, GROUP, LIBRARY_PLURAL, VERSION
+from jaas.operator.kube import KubeApiError, KubeClient, resource_path
 from jaas.operator.publisher import external_artifact_path
 from jaas.shards.assignment import HashRing
 from jaas.testing.controlplane import ControlPlane
@@ -165,6 +165,7 @@ async def test_git_repository_source_with_path_and_imports_rerenders_on_new_revi
     )
     obj = await wait_reason(client, namespace, "from-git", "Synced")
     first_revision = obj["status"]["revision"]
+    first_ea = await get_external_artifact(client, namespace, "from-git")
     assert ready(obj)["message"].endswith("from 4 files")
     rendered = untar(await download(obj["status"]["artifactURL"]))["rendered.json"]
     assert json.loads(rendered) == {"app": "web", "version": 1, "text": "hello"}
@@ -180,6 +181,11 @@ async def test_git_repository_source_with_path_and_imports_rerenders_on_new_revi
     assert obj["metadata"]["generation"] == 1
     rendered = untar(await download(obj["status"]["artifactURL"]))["rendered.json"]
     assert json.loads(rendered)["version"] == 2
+    ea = await get_external_artifact(client, namespace, "from-git")
+    assert ea["status"]["artifact"]["revision"] == obj["status"]["revision"]
+    # Ready stayed True, so its lastTransitionTime did not move.
+    assert ready(ea)["lastTransitionTime"] == ready(first_ea)["lastTransitionTime"]
+    assert [h["revision"] for h in obj["status"]["history"]] == [obj["status"]["revision"]]
 
 
 @pytest.mark.parametrize("kind", ["OCIRepository", "Bucket"])
@@ -413,6 +419,68 @@ def operator(
     finally:
         code = proc.stop()
         print(f"\noperator exited with {code}; log: {proc.log_path}")
+
+
+async def test_libraries_are_imported_by_alias_and_a_missing_one_is_reported(
+    operator: OperatorProcess, client: KubeClient, namespace: str
+) -> None:
+    await client.create(
+        resource_path(GROUP, VERSION, LIBRARY_PLURAL, namespace),
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "JsonnetLibrary",
+            "metadata": {"name": "utils"},
+            "spec": {
+                "files": {
+                    "main.libsonnet": "{ double(x):: 2 * x, name: (import 'name.txt') }",
+                    "name.txt": "'utils'",
+                }
+            },
+        },
+    )
+    await create_snippet(
+        client,
+        namespace,
+        "uses-lib",
+        libraries=[{"kind": "JsonnetLibrary", "name": "utils", "importPath": "u"}],
+        files={"main.jsonnet": "local u = import 'u'; { v: u.double(21), n: u.name }"},
+    )
+    obj = await wait_reason(client, namespace, "uses-lib", "Synced")
+    rendered = untar(await download(obj["status"]["artifactURL"]))["rendered.json"]
+    assert json.loads(rendered) == {"v": 42, "n": "utils"}
+
+    await create_snippet(
+        client,
+        namespace,
+        "missing-lib",
+        libraries=[{"kind": "JsonnetLibrary", "name": "nope"}],
+        files={"main.jsonnet": "import 'nope'"},
+    )
+    obj = await wait_reason(client, namespace, "missing-lib", "LibraryNotFound")
+    assert "nope" in ready(obj)["message"]
+
+
+async def test_requested_at_annotation_reconciles_and_suspend_pauses(
+    operator: OperatorProcess, client: KubeClient, namespace: str
+) -> None:
+    await create_snippet(client, namespace, "s", files={"main.jsonnet": "{}"})
+    await wait_reason(client, namespace, "s", "Synced")
+    await client.merge_patch(
+        snippet_path(namespace, "s"),
+        {"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "now-1"}}},
+    )
+    await wait_for(
+        client,
+        snippet_path(namespace, "s"),
+        lambda o: (o.get("status") or {}).get("lastHandledReconcileAt") == "now-1",
+        what="lastHandledReconcileAt",
+    )
+    await client.merge_patch(snippet_path(namespace, "s"), {"spec": {"suspend": True}})
+    obj = await wait_reason(client, namespace, "s", "Suspended", generation=2)
+    assert ready(obj)["status"] == "False"
+    assert obj["status"]["artifactURL"]  # the published artifact stays
+    ea = await get_external_artifact(client, namespace, "s")
+    assert ready(ea)["status"] == "True"
 
 
 def test_sigterm_stops_every_process_cleanly(control_plane: ControlPlane, tmp_path: Path) -> None:
