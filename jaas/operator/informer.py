@@ -202,7 +202,18 @@ class Informer:
                     need_list = True
                     continue
                 self.stats["errors"] += 1
-                log.warning("watch failed: %s", err, extra={"path": self.path})
+                if err.not_found and need_list and not self.synced.is_set():
+                    # The resource type is not served (e.g. Flux is not installed
+                    # yet): count as synced and empty, and keep trying, so the
+                    # watch engages by itself once the CRD appears.
+                    log.warning(
+                        "%s is not served; retrying until its CRD is installed",
+                        self.path,
+                        extra={"path": self.path},
+                    )
+                    self.synced.set()
+                else:
+                    log.warning("watch failed: %s", err, extra={"path": self.path})
                 need_list = need_list or err.status >= 500
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
                 self.stats["errors"] += 1

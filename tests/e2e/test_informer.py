@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -171,5 +172,52 @@ async def test_lists_are_paginated(
     try:
         await asyncio.wait_for(informer.synced.wait(), 30)
         assert sorted(name for _, name in informer.store) == [f"p{i}" for i in range(5)]
+    finally:
+        task.cancel()
+
+
+WIDGET_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.late.example.com
+spec:
+  group: late.example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
+"""
+
+
+async def test_a_resource_installed_later_is_watched_once_it_is_served(
+    control_plane: ControlPlane, kube: ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    admin = KubeClient(kube)
+    informer = Informer(
+        admin,
+        "/apis/late.example.com/v1/widgets",
+        lambda _e: None,
+        accept=lambda obj: obj["metadata"]["namespace"] == namespace,
+        max_backoff=1.0,
+    )
+    task = asyncio.create_task(informer.run())
+    try:
+        # Not served yet: the informer counts as synced (empty) instead of blocking.
+        await asyncio.wait_for(informer.synced.wait(), 30)
+        assert informer.store == {}
+        (tmp_path / "widget.yaml").write_text(WIDGET_CRD)
+        await asyncio.to_thread(control_plane.install_crds, [tmp_path])
+        await admin.create(
+            f"/apis/late.example.com/v1/namespaces/{namespace}/widgets",
+            {"apiVersion": "late.example.com/v1", "kind": "Widget", "metadata": {"name": "w"}},
+        )
+        await eventually(lambda: informer.get(namespace, "w") is not None)
     finally:
         task.cancel()
