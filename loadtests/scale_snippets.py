@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import tempfile
@@ -46,6 +47,8 @@ class Run:
     ready_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     peak_rss: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds (user + system) per process kind over the run, summed over processes.
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def classify(cmdline: str) -> str | None:
@@ -59,16 +62,26 @@ def classify(cmdline: str) -> str | None:
     return None
 
 
-def sample_rss(session: int, peaks: dict[str, int]) -> None:
-    """Update ``peaks`` (kind -> max RSS bytes of one process) from ``ps``."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sample(session: int, peaks: dict[str, int], cpu: dict[int, tuple[str, float]]) -> None:
+    """Update ``peaks`` (kind -> max RSS bytes of one process) and ``cpu`` (pid -> kind, s)."""
     out = subprocess.run(
-        ["ps", "-o", "rss=,args=", "-s", str(session)], capture_output=True, text=True
+        ["ps", "-o", "pid=,rss=,args=", "-s", str(session)], capture_output=True, text=True
     ).stdout
     for line in out.splitlines():
-        rss, _, args = line.strip().partition(" ")
+        pid, rss, args = line.strip().split(None, 2)
         kind = classify(args)
         if kind is not None:
             peaks[kind] = max(peaks.get(kind, 0), int(rss) * 1024)
+            cpu[int(pid)] = (kind, cpu_seconds(int(pid)))
 
 
 async def measure(shards: int, snippets: int, namespaces: int, workdir: Path) -> Run:
@@ -85,6 +98,9 @@ async def measure(shards: int, snippets: int, namespaces: int, workdir: Path) ->
         for ns in names:
             await client.create("/api/v1/namespaces", {"metadata": {"name": ns}})
         created: dict[tuple[str, str], float] = {}
+        baseline: dict[int, tuple[str, float]] = {}
+        sample(operator.process.pid, run.peak_rss, baseline)
+        plane_cpu = {kind: cpu_seconds(pid) for kind, pid in plane.pids().items()}
         started = time.monotonic()
 
         async def create(ns: str, j: int) -> None:
@@ -100,8 +116,9 @@ async def measure(shards: int, snippets: int, namespaces: int, workdir: Path) ->
         per_ns = snippets // namespaces
         await asyncio.gather(*(create(ns, j) for ns in names for j in range(per_ns)))
         pending = set(created)
+        cpu: dict[int, tuple[str, float]] = {}
         while pending:
-            sample_rss(operator.process.pid, run.peak_rss)
+            sample(operator.process.pid, run.peak_rss, cpu)
             now = time.monotonic()
             for ns in {ns for ns, _ in pending}:
                 items = (await client.get(resource_path(GROUP, VERSION, SNIPPET_PLURAL, ns)))[
@@ -117,6 +134,12 @@ async def measure(shards: int, snippets: int, namespaces: int, workdir: Path) ->
                 raise TimeoutError(f"{len(pending)} snippets not Ready after 600 s")
             await asyncio.sleep(0.1)
         run.ready_seconds = time.monotonic() - started
+        sample(operator.process.pid, run.peak_rss, cpu)
+        for pid, (kind, seconds) in cpu.items():
+            before = baseline.get(pid, (kind, 0.0))[1]
+            run.cpu_seconds[kind] = run.cpu_seconds.get(kind, 0.0) + seconds - before
+        for kind, pid in plane.pids().items():
+            run.cpu_seconds[kind] = cpu_seconds(pid) - plane_cpu[kind]
         rss = plane.rss()
         run.peak_rss["kube-apiserver"] = rss["kube-apiserver"]
         run.peak_rss["etcd"] = rss["etcd"]
@@ -154,6 +177,8 @@ def _rows(runs: list[Run], snippets: int) -> None:
             f"leader {mib['leader']}, shard {mib['shard']}, evaluator {mib['evaluator']}, "
             f"kube-apiserver {mib['kube-apiserver']}, etcd {mib['etcd']}"
         )
+        cpu = ", ".join(f"{k} {v:.1f}" for k, v in sorted(run.cpu_seconds.items()))
+        print(f"        CPU seconds during the run: {cpu}")
 
 
 def main() -> None:

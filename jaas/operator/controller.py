@@ -24,6 +24,7 @@ from typing import Any
 
 from jaas.api.conditions import is_ready
 from jaas.api.constants import (
+    EXTERNAL_ARTIFACT_KIND,
     FLUX_SOURCE_GROUP,
     FLUX_SOURCE_VERSION,
     GROUP,
@@ -146,6 +147,10 @@ class ShardController:
     def cached_snippet(self, namespace: str, name: str) -> Obj | None:
         """The cached snippet, or ``None``."""
         return self.snippets.get(namespace, name)
+
+    def cached_external_artifact(self, namespace: str, name: str) -> Obj | None:
+        """The cached ExternalArtifact of an owned namespace, or ``None``."""
+        return self.sources[EXTERNAL_ARTIFACT_KIND].get(namespace, name)
 
     async def _lookup(self, informer: Informer, path: str, namespace: str, name: str) -> Obj | None:
         if self.assignment.owns(namespace) and informer.synced.is_set():

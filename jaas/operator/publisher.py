@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -121,12 +122,20 @@ class Publisher:
     """
 
     def __init__(
-        self, client: KubeClient, store: Store, base_url: str, *, gc_grace: float = 300.0
+        self,
+        client: KubeClient,
+        store: Store,
+        base_url: str,
+        *,
+        gc_grace: float = 300.0,
+        cached: Callable[[str, str], Obj | None] | None = None,
     ) -> None:
         self.client = client
         self.store = store
         self.base_url = base_url.rstrip("/")
         self.gc_grace = gc_grace
+        #: Informer lookup of ExternalArtifacts: a miss means "create first" and saves a GET.
+        self.cached = cached
 
     async def publish(
         self, namespace: str, name: str, package: Package, keep: set[str]
@@ -162,12 +171,16 @@ class Publisher:
         An unchanged artifact keeps its ``lastUpdateTime`` and causes no write.
         """
         path = external_artifact_path(namespace, name)
-        try:
-            ea: Obj = await self.client.get(path)
-        except KubeApiError as err:
-            if not err.not_found:
-                raise
+        ea: Obj
+        if self.cached is not None and self.cached(namespace, name) is None:
             ea = await self._create(namespace, name)
+        else:
+            try:
+                ea = await self.client.get(path)
+            except KubeApiError as err:
+                if not err.not_found:
+                    raise
+                ea = await self._create(namespace, name)
         spec_ref = (ea.get("spec") or {}).get("sourceRef")
         if spec_ref != desired_source_ref(name):
             ea = await self.client.merge_patch(

@@ -164,9 +164,11 @@ class SnippetReconciler:
             try:
                 if meta.get("deletionTimestamp"):
                     return await self._finalize(obj)
+                fresh = False
                 if FINALIZER not in (meta.get("finalizers") or []):
                     obj = await self._add_finalizer(obj)
-                outcome, reason = await self._reconcile_spec(obj)
+                    fresh = True
+                outcome, reason = await self._reconcile_spec(obj, fresh=fresh)
             except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as err:
                 if isinstance(err, KubeApiError) and err.not_found:
                     return Outcome()  # deleted meanwhile
@@ -185,7 +187,8 @@ class SnippetReconciler:
             )
             return outcome
 
-    async def _reconcile_spec(self, obj: Obj) -> tuple[Outcome, str]:
+    async def _reconcile_spec(self, obj: Obj, *, fresh: bool) -> tuple[Outcome, str]:
+        """Run the pipeline on ``obj`` (``fresh``: just read from the API, not the cache)."""
         meta = obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         generation = int(meta.get("generation") or 0)
@@ -247,10 +250,14 @@ class SnippetReconciler:
             else:
                 package = await asyncio.to_thread(package_sources, resolved.files)
             with tracer.start_as_current_span("snippet.publish") as span:
-                fresh: Obj = await self.client.get(snippet_path(namespace, name))
-                if int(fresh["metadata"].get("generation") or 0) != generation:
+                # The keep-set and the generation check need the API's view, not the
+                # cache's (metio/jaas reads through its uncached reader here).
+                current: Obj = (
+                    obj if fresh else await self.client.get(snippet_path(namespace, name))
+                )
+                if int(current["metadata"].get("generation") or 0) != generation:
                     return Outcome(), "GenerationChanged"  # the newer generation is queued
-                status = fresh.get("status") or {}
+                status = current.get("status") or {}
                 history = updated_history(
                     list(status.get("history") or []), package.revision, spec.history, now_rfc3339()
                 )
@@ -260,7 +267,7 @@ class SnippetReconciler:
                 span.set_attribute("jaas.publish.retainCount", len(keep))
             message = f"Rendered {len(result.rendered)} bytes from {len(resolved.files)} files"
             await self._write_status(
-                fresh,
+                current,
                 Reason.SYNCED,
                 message,
                 extra={

@@ -59,7 +59,11 @@ async def run_shard(
             fetcher=fetcher,
             evaluator=leader,
             publisher=Publisher(
-                client, store, options.storage_base_url, gc_grace=options.artifact_gc_grace
+                client,
+                store,
+                options.storage_base_url,
+                gc_grace=options.artifact_gc_grace,
+                cached=controller.cached_external_artifact,
             ),
             recorder=EventRecorder(client, shard),
             options=reconciler_options,

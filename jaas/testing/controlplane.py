@@ -600,6 +600,10 @@ class ControlPlane:
         """Whether both processes are still alive."""
         return self._etcd.exited() is None and self._apiserver.exited() is None
 
+    def pids(self) -> dict[str, int]:
+        """Return the process ids of ``kube-apiserver`` and ``etcd``."""
+        return {"kube-apiserver": self._apiserver.pid, "etcd": self._etcd.pid}
+
     def rss(self) -> dict[str, int]:
         """Return the resident set size in bytes of ``kube-apiserver`` and ``etcd``."""
         return {
