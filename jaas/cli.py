@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from jaas import __version__
@@ -165,31 +166,11 @@ def _operator(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"jaas: {err}", file=sys.stderr)
         return 2
-    options = OperatorOptions(
-        storage_path=args.storage_path,
-        storage_base_url=args.storage_base_url,
-        kubeconfig=args.kubeconfig,
-        shards=args.shards,
-        evaluators=args.evaluators,
-        evaluation_timeout=args.evaluation_timeout,
-        evaluation_memory_limit=args.evaluation_memory_limit,
-        max_stack=args.max_stack,
-        storage_listen_address=args.storage_listen_address,
-        storage_port=args.storage_port,
-        management_listen_address=args.management_listen_address,
-        management_port=args.management_port,
-        metrics_bind_address=args.metrics_bind_address,
-        cache_path=args.cache_path,
-        cache_max_bytes=args.cache_max_bytes,
-        no_cross_namespace_refs=args.no_cross_namespace_refs,
-        concurrent_reconciles=args.concurrent_reconciles,
-        artifact_gc_grace=args.artifact_gc_grace,
-        storage_sweep_interval=args.storage_sweep_interval,
-        ext_vars=ext_vars,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        runtime_dir=args.runtime_dir,
-    )
+    # Every operator flag is named after its OperatorOptions field.
+    flags = {
+        f.name: getattr(args, f.name) for f in fields(OperatorOptions) if hasattr(args, f.name)
+    }
+    options = OperatorOptions(**{**flags, "ext_vars": ext_vars})
     runtime = Path(options.runtime_dir or tempfile.mkdtemp(prefix="jaas-operator-"))
     # Must precede the first import of prometheus_client (see jaas.observability.multiproc).
     from jaas.observability import multiproc

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from jaas.cli import build_parser
@@ -47,3 +49,11 @@ def test_operator_flags_parse_durations_and_quantities() -> None:
 def test_options_round_trip_through_json() -> None:
     options = OperatorOptions(storage_path="/s", storage_base_url="http://b", ext_vars={"a": "b"})
     assert OperatorOptions.from_json(options.to_json()) == options
+
+
+def test_every_operator_option_has_a_flag() -> None:
+    args = build_parser().parse_args(
+        ["operator", "--storage-path", "/s", "--storage-base-url", "http://b"]
+    )
+    names = {f.name for f in dataclasses.fields(OperatorOptions)} - {"ext_vars"}
+    assert names <= set(vars(args)), names - set(vars(args))
