@@ -109,6 +109,24 @@ def updated_history(
     return [{"revision": revision, "time": now}, *rest][:limit]
 
 
+#: Longest condition message written (metav1.Condition allows 32768 characters;
+#: a status that stays readable in ``kubectl describe`` is far shorter).
+MAX_MESSAGE = 4096
+
+
+def shorten_message(message: str, limit: int = MAX_MESSAGE) -> str:
+    """Cut ``message`` to ``limit`` characters, keeping its head and its tail.
+
+    The head says what failed, the tail where (the outermost stack frames).
+    """
+    if len(message) <= limit:
+        return message
+    marker = f"\n... ({len(message) - limit} characters cut) ...\n"
+    keep = limit - len(marker)
+    head = keep * 3 // 4
+    return message[:head] + marker + message[len(message) - (keep - head) :]
+
+
 def jitter(seconds: float, fraction: float = 0.05) -> float:
     """``seconds`` ± ``fraction`` (Flux's interval jitter)."""
     return seconds * random.uniform(1 - fraction, 1 + fraction)
@@ -334,6 +352,7 @@ class SnippetReconciler:
         status = obj.get("status") or {}
         ok = reason is Reason.SYNCED
         generation = int(meta.get("generation") or 0)
+        message = shorten_message(message)
         conditions = set_condition(
             status.get("conditions"),
             type_=READY,

@@ -267,6 +267,18 @@ async def test_jsonnet_error_gives_evaluation_failed_and_keeps_the_last_artifact
     }
 
 
+async def test_a_huge_error_message_is_shortened_to_fit_the_condition(
+    operator: OperatorProcess, client: KubeClient, namespace: str
+) -> None:
+    program = "error std.join('', ['boom' for i in std.range(1, 20000)])"
+    await create_snippet(client, namespace, "loud", files={"main.jsonnet": program})
+    obj = await wait_reason(client, namespace, "loud", "EvaluationFailed")
+    message = ready(obj)["message"]
+    assert message.startswith("runtime error: boomboom")
+    assert "characters cut" in message
+    assert len(message) <= 4096
+
+
 async def test_endless_evaluation_times_out_while_other_snippets_render(
     operator: OperatorProcess, client: KubeClient, namespace: str
 ) -> None:

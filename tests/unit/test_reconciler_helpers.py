@@ -1,6 +1,12 @@
 from jaas.operator.controller import snippet_needs_reconcile
 from jaas.operator.informer import Event, EventType
-from jaas.operator.reconciler import file_name_of, jitter, updated_history
+from jaas.operator.reconciler import (
+    MAX_MESSAGE,
+    file_name_of,
+    jitter,
+    shorten_message,
+    updated_history,
+)
 
 
 def test_history_is_newest_first_bounded_and_keeps_the_head_time_on_republish() -> None:
@@ -48,3 +54,13 @@ def test_snippet_predicate_ignores_status_only_updates() -> None:
     assert snippet_needs_reconcile(Event(EventType.MODIFIED, key, _obj(1), _obj(1, requested)))
     assert snippet_needs_reconcile(Event(EventType.MODIFIED, key, _obj(1), _obj(1, deleting=True)))
     assert not snippet_needs_reconcile(Event(EventType.DELETED, key, _obj(1), None))
+
+
+def test_long_messages_keep_head_and_tail_within_the_limit() -> None:
+    assert shorten_message("short") == "short"
+    long = "HEAD" + "x" * 50_000 + "TAIL"
+    cut = shorten_message(long)
+    assert len(cut) <= MAX_MESSAGE
+    assert cut.startswith("HEAD")
+    assert cut.endswith("TAIL")
+    assert "characters cut" in cut
