@@ -44,7 +44,7 @@ from jaas.evaluator.request import (
     EvaluationRequest,
     EvaluationResult,
 )
-from jaas.ipc import FrameError, read_frame, write_frame
+from jaas.ipc import FrameError, Header, read_frame, write_frame
 
 logger = logging.getLogger(__name__)
 
@@ -263,11 +263,21 @@ class EvaluatorPool:
                 evaluation exceeded the timeout (the worker is killed).
             RuntimeError: the pool is not started or is closed.
         """
+        header, payload = request.to_frame()
+        return await self.evaluate_frame(header, payload)
+
+    async def evaluate_frame(self, header: Header, payload: bytes) -> EvaluationResult:
+        """Evaluate an already encoded request (``EvaluationRequest.to_frame`` output).
+
+        The leader forwards shard requests this way, so files are not unpacked
+        and packed again in between. The pool's ``max_stack`` replaces the
+        request's. Raises as ``evaluate``.
+        """
         if not self._started or self._closed:
             raise RuntimeError("the evaluator pool is not running")
-        if request.max_stack != self.max_stack:
-            request = dataclasses.replace(request, max_stack=self.max_stack)
-        header, payload = request.to_frame()
+        header = {**header, "max_stack": self.max_stack}
+        entry_file = str(header.get("entry_file", ""))
+        label = str(header.get("label") or entry_file)
         worker = await self._acquire()
         self.evaluations += 1
         try:
@@ -281,7 +291,7 @@ class EvaluatorPool:
             self._retire(worker)
             logger.warning(
                 "evaluation of %s exceeded %ss in worker %d; killed it",
-                request.label or request.entry_file,
+                label,
                 self.timeout,
                 worker.pid,
             )
@@ -295,7 +305,7 @@ class EvaluatorPool:
         if frame is None:
             if self._closed:
                 raise RuntimeError("the evaluator pool was closed during the evaluation")
-            raise await self._crashed(worker, request)
+            raise await self._crashed(worker, entry_file, label)
         reply, body = frame
         kind = reply.get("type")
         if kind == RESULT:
@@ -485,7 +495,7 @@ class EvaluatorPool:
     def _timeout_message(self) -> str:
         return f"evaluation exceeded {format_duration(self.timeout or 0.0)}"
 
-    async def _crashed(self, worker: _Worker, request: EvaluationRequest) -> ReasonError:
+    async def _crashed(self, worker: _Worker, entry_file: str, label: str) -> ReasonError:
         """Classify a worker that closed its socket mid-evaluation and replace it."""
         returncode = await self._reap(worker)
         await self._drain_stderr(worker)
@@ -495,11 +505,11 @@ class EvaluatorPool:
             self.timeouts += 1
             return ReasonError(Reason.EVALUATION_TIMEOUT, self._timeout_message())
         self.crashes += 1
-        message = self._crash_message(returncode, stderr, request.entry_file)
+        message = self._crash_message(returncode, stderr, entry_file)
         logger.warning(
             "evaluator worker %d died evaluating %s: %s; stderr: %s",
             worker.pid,
-            request.label or request.entry_file,
+            label,
             message,
             stderr[-500:],
         )

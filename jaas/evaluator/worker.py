@@ -45,7 +45,7 @@ from jaas.evaluator.request import (
     EvaluationResult,
     error_header,
 )
-from jaas.ipc import Header, recv_frame, send_frame
+from jaas.ipc import FrameError, Header, recv_frame, send_frame
 
 # Python frames below the parser/manifester when they start, plus slack.
 _RECURSION_HEADROOM = 100
@@ -212,7 +212,11 @@ def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
         if header.get("type") != EVALUATE:
             print(f"jaas evaluator: unexpected frame {header.get('type')!r}", file=sys.stderr)
             return 2
-        request = EvaluationRequest.from_frame(header, payload)
+        try:
+            request = EvaluationRequest.from_frame(header, payload)
+        except FrameError as err:
+            send_frame(sock, error_header(f"malformed evaluation request: {err}"))
+            continue
         del payload
         _limit_cpu(cpu_limit)
         outcome = _run_in_thread(request)

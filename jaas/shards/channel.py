@@ -30,7 +30,9 @@ from jaas.ipc import FrameError, Header, read_frame, write_frame
 
 log = logging.getLogger(__name__)
 
-Evaluate = Callable[[EvaluationRequest], Awaitable[EvaluationResult]]
+#: Evaluates an encoded request (``EvaluationRequest.to_frame`` output), e.g.
+#: ``EvaluatorPool.evaluate_frame``: the leader forwards files without unpacking them.
+Evaluate = Callable[[Header, bytes], Awaitable[EvaluationResult]]
 
 
 class LeaderConnection:
@@ -170,8 +172,10 @@ class ShardEndpoint:
     async def _evaluate(self, writer: asyncio.StreamWriter, header: Header, payload: bytes) -> None:
         request_id = header.get("id")
         try:
-            request = EvaluationRequest.from_frame(header["request"], payload)
-            result = await self.evaluate(request)
+            request = header.get("request")
+            if not isinstance(request, dict):
+                raise ReasonError(Reason.EVALUATION_FAILED, "malformed evaluate frame")
+            result = await self.evaluate(request, payload)
             res_header, body = result.to_frame()
             write_frame(
                 writer, {"op": "result", "id": request_id, "ok": True, "result": res_header}, body

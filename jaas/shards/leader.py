@@ -29,7 +29,8 @@ from aiohttp import web
 
 from jaas.api.reasons import Reason, ReasonError
 from jaas.evaluator.pool import EvaluatorPool
-from jaas.evaluator.request import EvaluationRequest, EvaluationResult
+from jaas.evaluator.request import EvaluationResult
+from jaas.ipc import Header
 from jaas.observability import metrics
 from jaas.options import OperatorOptions
 from jaas.shards.assignment import local_shard_names
@@ -86,11 +87,11 @@ class Leader:
                 if removed:
                     log.info("storage sweep removed %d abandoned temporary files", removed)
 
-    async def _evaluate(self, request: EvaluationRequest) -> EvaluationResult:
+    async def _evaluate(self, header: Header, payload: bytes) -> EvaluationResult:
         started = time.perf_counter()
         result = "failed"
         try:
-            evaluated = await self.pool.evaluate(request)
+            evaluated = await self.pool.evaluate_frame(header, payload)
             result = "ok"
             return evaluated
         except ReasonError as err:

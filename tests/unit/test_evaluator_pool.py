@@ -311,3 +311,16 @@ def test_format_bytes() -> None:
     assert format_bytes(GiB) == "1 GiB"
     assert format_bytes(3 * GiB // 2) == "1.5 GiB"
     assert format_bytes(512 * 1024 * 1024) == "512 MiB"
+
+
+async def test_a_malformed_encoded_request_fails_without_killing_the_worker() -> None:
+    async with EvaluatorPool(size=1, timeout=5) as pool:
+        pids = pool.worker_pids
+        with pytest.raises(ReasonError, match="malformed evaluation request") as info:
+            await pool.evaluate_frame({"type": "evaluate", "entry_file": "main.jsonnet"}, b"")
+        assert info.value.reason is Reason.EVALUATION_FAILED
+        assert pool.worker_pids == pids
+        ok = await pool.evaluate(
+            EvaluationRequest(entry_file="main.jsonnet", files={"main.jsonnet": b"{ a: 1 }"})
+        )
+        assert ok.rendered == b'{\n   "a": 1\n}\n'
