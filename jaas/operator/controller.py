@@ -36,14 +36,13 @@ from jaas.api.constants import (
 )
 from jaas.observability import metrics
 from jaas.operator.informer import Event, EventType, Informer, Key
-from jaas.operator.kube import KubeApiError, KubeClient, resource_path
+from jaas.operator.kube import KubeApiError, KubeClient, Obj, resource_path
 from jaas.operator.reconciler import Outcome, SnippetReconciler
 from jaas.operator.workqueue import ShutDown, WorkQueue
 from jaas.shards.assignment import Assignment
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 SourceKey = tuple[str, str, str]  # (kind, namespace, name)
 
 

@@ -17,16 +17,14 @@ import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 import aiohttp
 import orjson
 
-from jaas.operator.kube import KubeApiError, KubeClient
+from jaas.operator.kube import KubeApiError, KubeClient, Obj
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 Key = tuple[str, str]
 
 

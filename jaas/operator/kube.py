@@ -23,6 +23,9 @@ import orjson
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 
+#: An API object as the server sends it (parsed JSON).
+Obj = dict[str, Any]
+
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"

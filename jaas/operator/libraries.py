@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from jaas.api.constants import LIBRARY_KIND
 from jaas.api.models import LibraryRef, parse_source_ref
 from jaas.api.reasons import Reason, ReasonError
+from jaas.operator.kube import Obj
 from jaas.operator.sourcing import Fetcher, SourceGetter, check_namespace, resolve_source
 
-Obj = dict[str, Any]
 #: Looks up a JsonnetLibrary: ``(namespace, name) -> object or None``.
 LibraryGetter = Callable[[str, str], Awaitable[Obj | None]]
 _ALIAS = re.compile(r"^[A-Za-z0-9._-]+$")

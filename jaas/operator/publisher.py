@@ -31,39 +31,14 @@ from jaas.api.constants import (
     READY,
     SNIPPET_KIND,
 )
-from jaas.operator.kube import KubeApiError, KubeClient, resource_path
-
-Obj = dict[str, Any]
-
-
-class Package(Protocol):
-    """What the publisher needs of ``jaas.storage.package.Package``."""
-
-    @property
-    def revision(self) -> str:
-        """``sha256:<hex>`` of the content."""
-        ...
-
-    @property
-    def digest(self) -> str:
-        """``sha256:<hex>`` of the tarball."""
-        ...
-
-    @property
-    def size(self) -> int:
-        """Tarball size in bytes."""
-        ...
-
-    @property
-    def file_name(self) -> str:
-        """``sha256-<revision hex>.tar.gz``."""
-        ...
+from jaas.operator.kube import KubeApiError, KubeClient, Obj, resource_path
+from jaas.storage.package import Package
 
 
 class Store(Protocol):
     """What the publisher needs of ``jaas.storage.local.LocalStore`` (blocking calls)."""
 
-    def put(self, namespace: str, name: str, package: Any) -> str:
+    def put(self, namespace: str, name: str, package: Package) -> str:
         """Store the package; return its path relative to the storage root."""
         ...
 

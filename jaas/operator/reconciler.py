@@ -38,7 +38,7 @@ from jaas.api.reasons import Reason, ReasonError
 from jaas.evaluator.request import EvaluationRequest, EvaluationResult
 from jaas.observability import metrics
 from jaas.operator.events import EventRecorder
-from jaas.operator.kube import KubeApiError, KubeClient, resource_path
+from jaas.operator.kube import KubeApiError, KubeClient, Obj, resource_path
 from jaas.operator.libraries import LibraryGetter, check_aliases, resolve_libraries
 from jaas.operator.publisher import Publisher
 from jaas.operator.sourcing import Fetcher, SourceGetter, resolve_source
@@ -46,8 +46,6 @@ from jaas.storage.package import package_rendered, package_sources
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("jaas")
-
-Obj = dict[str, Any]
 
 
 class Evaluator(Protocol):

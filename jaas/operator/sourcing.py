@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from jaas.api.conditions import is_ready
 from jaas.api.models import SourceRef
 from jaas.api.reasons import Reason, ReasonError
+from jaas.operator.kube import Obj
 
-Obj = dict[str, Any]
 #: Looks up a Flux source object: ``(kind, namespace, name) -> object or None``.
 SourceGetter = Callable[[str, str, str], Awaitable[Obj | None]]
 
