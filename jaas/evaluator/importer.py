@@ -19,6 +19,18 @@ of root R:
 4. ``P`` cleaned, in the snippet's files, then in every library in sorted alias
    order (jsonnet-bundler vendor paths such as ``github.com/...``).
 
+Operator-wide shared libraries (``--library-path``, loaded by
+``jaas.evaluator.libraries``) are library aliases like any other: the worker
+adds them to each request's ``libraries`` before building the importer, with
+the request's own (``spec.libraries``) alias replacing a shared one of the
+same name as a whole (JaaS merges them after the CR libraries and the CR
+wins; the operator rejects such a collision earlier as ``InvalidSpec``). So a
+bare shared alias loads its ``main.libsonnet`` (2), ``alias/file`` reads that
+shared library (3), and the vendor search (4) covers shared and own libraries
+together, in one sorted alias order, which is how ``jsonnet -J`` treats every
+JPATH directory. Files inside a shared library import relative to that
+library, as for any library (1).
+
 Imports inside TLAs and external variables given as code resolve from the
 snippet's root. Errors shown to users name files as the user knows them:
 ``main.jsonnet:3:7`` for a snippet file, ``<alias>/x.libsonnet:1:2`` for a
@@ -107,7 +119,9 @@ class InMemoryImporter:
 
     Args:
         files: the snippet's files, ``{relative path: content}``.
-        libraries: ``{alias: {relative path within the library: content}}``.
+        libraries: ``{alias: {relative path within the library: content}}``:
+            the snippet's own libraries and the shared ones, already merged
+            (``jaas.evaluator.worker.with_shared_libraries``).
 
     Call the instance as ``importer(base_dir, rel) -> (virtual path, text)``;
     it raises ``ImportResolutionError`` for a missing file or content that is

@@ -17,7 +17,10 @@ the event-loop process). The pool
   ``EvaluationFailed`` with rjsonnet's message (``file:line:col`` as the user
   names the file);
 * replaces a dead or killed worker at once, in the background, so the pool stays
-  warm and other requests do not notice.
+  warm and other requests do not notice;
+* hands the operator-wide shared libraries (``--library-path``) to every worker
+  once, right after it reports ready (replacements included), so requests do
+  not carry them.
 
 Unlike JaaS (metio/jaas ``internal/eval/eval.go``), whose timed-out goroutines
 keep running, a timed-out evaluation here really stops.
@@ -33,18 +36,21 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 
 import jaas
 from jaas.api.reasons import Reason, ReasonError
 from jaas.evaluator.request import (
     DEFAULT_STACK_SIZE,
     ERROR,
+    LOADED,
     READY,
     RESULT,
     EvaluationRequest,
     EvaluationResult,
+    libraries_frame,
 )
-from jaas.ipc import FrameError, Header, read_frame, write_frame
+from jaas.ipc import FrameError, Header, encode_frame, read_frame, write_frame
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +156,18 @@ class EvaluatorPool:
             ``--max-stack``; ``0`` means the default, 500); it replaces the
             request's own ``max_stack``.
         stack_size: native stack of the evaluation thread, bytes.
+        shared_libraries: ``{alias: {relative path: content}}`` available to
+            every evaluation besides the request's own libraries, which win on
+            the same alias (JaaS ``--library-path``; see
+            ``jaas.evaluator.libraries.load_library_paths``). The pool keeps
+            them encoded, one frame per alias, and sends them to each worker
+            after its ``ready`` frame, before its first request; the caller
+            need not keep its mapping. Every worker holds a copy, so they count
+            against ``memory_limit``.
+
+    Raises:
+        ValueError: ``size`` below 1, negative ``max_stack``, or a shared
+            library too large for one ``jaas.ipc`` frame.
 
     Counters for metrics: ``evaluations`` (requests sent to a worker),
     ``failures`` (Jsonnet errors, invalid output, rjsonnet panics), ``crashes`` (worker
@@ -167,6 +185,7 @@ class EvaluatorPool:
         max_stack: int = DEFAULT_MAX_STACK,
         *,
         stack_size: int = DEFAULT_STACK_SIZE,
+        shared_libraries: Mapping[str, Mapping[str, bytes]] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"evaluator pool size must be at least 1, got {size}")
@@ -177,6 +196,9 @@ class EvaluatorPool:
         self.memory_limit = memory_limit
         self.max_stack = max_stack or DEFAULT_MAX_STACK
         self.stack_size = stack_size
+        #: Aliases of the shared libraries every worker holds.
+        self.shared_aliases = frozenset(shared_libraries or ())
+        self._library_frames = self._encode_libraries(shared_libraries or {})
         self.evaluations = 0
         self.failures = 0
         self.crashes = 0
@@ -323,6 +345,19 @@ class EvaluatorPool:
 
     # -- workers -----------------------------------------------------------------
 
+    @staticmethod
+    def _encode_libraries(libraries: Mapping[str, Mapping[str, bytes]]) -> tuple[bytes, ...]:
+        """Encode one ``libraries`` frame per alias, in sorted alias order, once for all workers."""
+        frames: list[bytes] = []
+        for alias in sorted(libraries):
+            try:
+                frames.append(encode_frame(*libraries_frame({alias: libraries[alias]})))
+            except FrameError as err:
+                raise ValueError(
+                    f"shared library {alias} is too large to send to the evaluator workers: {err}"
+                ) from err
+        return tuple(frames)
+
     def _worker_command(self, fd: int) -> list[str]:
         command = [
             sys.executable,
@@ -356,7 +391,12 @@ class EvaluatorPool:
         return env
 
     async def _spawn(self) -> _Worker:
-        """Start one worker and wait for its ``ready`` frame."""
+        """Start one worker, wait for its ``ready`` frame and give it the shared libraries.
+
+        Raises:
+            RuntimeError: the worker did not get that far within
+                ``STARTUP_TIMEOUT`` (its stderr is in the message).
+        """
         parent_end, child_end = socket.socketpair()
         try:
             process = await asyncio.create_subprocess_exec(
@@ -378,7 +418,7 @@ class EvaluatorPool:
         worker.stderr_task = asyncio.create_task(self._read_stderr(worker))
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT):
-                frame = await read_frame(reader)
+                frame = await self._handshake(worker)
         except BaseException as err:
             worker.kill()
             writer.close()
@@ -388,7 +428,7 @@ class EvaluatorPool:
                     f"evaluator worker {process.pid} did not start: {err!r}"
                 ) from err
             raise
-        if frame is None or frame[0].get("type") != READY:
+        if frame is None or frame[0].get("type") != (LOADED if self._library_frames else READY):
             writer.close()
             await self._reap(worker)
             await self._drain_stderr(worker)
@@ -397,6 +437,27 @@ class EvaluatorPool:
                 f"(status {process.returncode}): {self._stderr_text(worker)}"
             )
         return worker
+
+    async def _handshake(self, worker: _Worker) -> tuple[Header, bytes] | None:
+        """Wait for ``ready``, then send the shared libraries, each acknowledged by ``loaded``.
+
+        Returns the last frame received (``ready``, or ``loaded`` after the
+        last library), an unexpected frame, or None if the worker closed the
+        socket (or died while libraries were being written).
+        """
+        frame = await read_frame(worker.reader)
+        expected = READY
+        for encoded in self._library_frames:
+            if frame is None or frame[0].get("type") != expected:
+                return frame
+            try:
+                worker.writer.write(encoded)
+                await worker.writer.drain()
+            except OSError:
+                return None
+            frame = await read_frame(worker.reader)
+            expected = LOADED
+        return frame
 
     def _adopt(self, worker: _Worker) -> None:
         self._workers.add(worker)

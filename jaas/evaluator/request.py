@@ -5,10 +5,17 @@ and the file contents, concatenated in header order, as its raw payload, so
 Jsonnet sources travel without base64 or JSON escaping. Frames between the
 pool and a worker::
 
-    parent -> worker  {"type": "evaluate", ...}      payload: file contents
     worker -> parent  {"type": "ready", "pid"}       once, after start-up
+    parent -> worker  {"type": "libraries", ...}     payload: shared library files
+    worker -> parent  {"type": "loaded", "aliases"}  one per ``libraries`` frame
+    parent -> worker  {"type": "evaluate", ...}      payload: file contents
     worker -> parent  {"type": "result", ...}        payload: rendered JSON
     worker -> parent  {"type": "error", "message", "retire"}
+
+``libraries`` frames carry the operator-wide shared libraries (``--library-path``,
+see ``jaas.evaluator.libraries``); the pool sends them once per worker, before
+its first request, so requests never carry them. The worker keeps them and
+adds them to every request's own libraries, which win on an alias both have.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ EVALUATE = "evaluate"
 READY = "ready"
 RESULT = "result"
 ERROR = "error"
+LIBRARIES = "libraries"
+LOADED = "loaded"
 
 Files = Mapping[str, bytes]
 
@@ -82,9 +91,7 @@ class EvaluationRequest:
         try:
             view = memoryview(payload)
             offset, files = _unpack(header["files"], view, 0)
-            libraries: dict[str, Files] = {}
-            for alias, listing in header["libraries"]:
-                offset, libraries[str(alias)] = _unpack(listing, view, offset)
+            offset, libraries = _unpack_libraries(header["libraries"], view, offset)
             if offset != len(payload):
                 raise FrameError(f"evaluate frame has {len(payload) - offset} stray payload bytes")
             return cls(
@@ -147,6 +154,40 @@ def error_header(message: str, *, retire: bool = False) -> Header:
     return {"type": ERROR, "message": message, "retire": retire}
 
 
+def libraries_frame(libraries: Mapping[str, Files]) -> tuple[Header, bytes]:
+    """Return the ``(header, payload)`` of a ``libraries`` frame.
+
+    Args:
+        libraries: ``{alias: {relative path: content}}``, as
+            ``jaas.evaluator.libraries.load_library_paths`` returns.
+
+    Returns:
+        The header lists aliases, paths and sizes; the payload is every
+        content, concatenated in header order (as in an ``evaluate`` frame).
+    """
+    contents: list[bytes] = []
+    header: Header = {
+        "type": LIBRARIES,
+        "libraries": [[alias, _pack(lib, contents)] for alias, lib in libraries.items()],
+    }
+    return header, b"".join(contents)
+
+
+def libraries_from_frame(header: Header, payload: bytes) -> dict[str, dict[str, bytes]]:
+    """Rebuild ``{alias: {relative path: content}}`` from a ``libraries`` frame.
+
+    Raises:
+        FrameError: the header is malformed or the sizes disagree with the payload.
+    """
+    try:
+        offset, libraries = _unpack_libraries(header["libraries"], memoryview(payload), 0)
+    except (KeyError, TypeError, ValueError) as err:
+        raise FrameError(f"malformed libraries frame: {err!r}") from err
+    if offset != len(payload):
+        raise FrameError(f"libraries frame has {len(payload) - offset} stray payload bytes")
+    return libraries
+
+
 def _pack(files: Files, contents: list[bytes]) -> list[list[Any]]:
     listing: list[list[Any]] = []
     for path, content in files.items():
@@ -160,10 +201,19 @@ def _unpack(listing: Any, view: memoryview, offset: int) -> tuple[int, dict[str,
     for path, size in listing:
         end = offset + int(size)
         if size < 0 or end > len(view):
-            raise FrameError("evaluate frame lists more bytes than its payload holds")
+            raise FrameError("frame lists more bytes than its payload holds")
         files[str(path)] = bytes(view[offset:end])
         offset = end
     return offset, files
+
+
+def _unpack_libraries(
+    listing: Any, view: memoryview, offset: int
+) -> tuple[int, dict[str, dict[str, bytes]]]:
+    libraries: dict[str, dict[str, bytes]] = {}
+    for alias, files in listing:
+        offset, libraries[str(alias)] = _unpack(files, view, offset)
+    return offset, libraries
 
 
 def _variables(items: Any) -> list[JsonnetVariable]:

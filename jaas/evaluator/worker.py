@@ -12,6 +12,11 @@ calls, flat memory; see shared/reference/evaluator.md), then checked and
 re-serialised in go-jsonnet's format here, so the CPU cost stays out of the
 parent.
 
+Operator-wide shared libraries (``--library-path``) arrive once, in
+``libraries`` frames the pool sends right after ``ready``; the worker keeps
+them for its lifetime and adds them to every request's libraries (the
+request's own alias wins), so requests never carry them.
+
 Limits applied at start-up: ``RLIMIT_AS`` (an allocation beyond it aborts the
 process), a per-evaluation ``RLIMIT_CPU`` backstop in case the parent cannot
 kill us, and death with the parent (``PR_SET_PDEATHSIG``).
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import math
 import os
 import resource
@@ -30,7 +36,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import rjsonnet
@@ -40,10 +46,14 @@ from jaas.evaluator.manifest import OutputError, manifest_json, parse_output
 from jaas.evaluator.request import (
     DEFAULT_STACK_SIZE,
     EVALUATE,
+    LIBRARIES,
+    LOADED,
     READY,
     EvaluationRequest,
     EvaluationResult,
+    Files,
     error_header,
+    libraries_from_frame,
 )
 from jaas.ipc import FrameError, Header, recv_frame, send_frame
 
@@ -167,6 +177,23 @@ def _run_in_thread(request: EvaluationRequest) -> _Outcome:
     return outcome[0]
 
 
+def with_shared_libraries(
+    request: EvaluationRequest, shared: Mapping[str, Files]
+) -> EvaluationRequest:
+    """Return ``request`` with the shared libraries added to its own.
+
+    The merged map holds ``shared`` first, then the request's libraries, which
+    replace a shared alias of the same name as a whole (JaaS merges its
+    ``--library-path`` libraries after the CR libraries and lets the CR win,
+    metio/jaas ``internal/operator/reconciler.go``; the operator rejects such a
+    collision earlier as ``InvalidSpec``). Resolution then treats shared and
+    own aliases alike (see ``jaas.evaluator.importer``).
+    """
+    if not shared:
+        return request
+    return dataclasses.replace(request, libraries={**shared, **request.libraries})
+
+
 def _limit_cpu(seconds: int) -> None:
     """Let this process use at most ``seconds`` more CPU seconds (0 = no limit).
 
@@ -194,21 +221,34 @@ def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
     """Answer ``evaluate`` frames on ``sock`` until it closes; return the exit status.
 
     Sends one ``ready`` frame first, after a tiny self-test evaluation (which
-    also warms rjsonnet up). Returns 0 when the parent closes the socket, 1
-    after an evaluation that retires the worker, 2 on a protocol error and 3
-    when the self-test fails (e.g. the memory limit leaves no room for the
-    evaluation thread's stack).
+    also warms rjsonnet up). A ``libraries`` frame adds (or replaces, per
+    alias) shared libraries for all later requests and is answered with a
+    ``loaded`` frame listing every shared alias held. Returns 0 when the
+    parent closes the socket, 1 after an evaluation that retires the worker,
+    2 on a protocol error (an unknown frame or a malformed ``libraries``
+    frame) and 3 when the self-test fails (e.g. the memory limit leaves no
+    room for the evaluation thread's stack).
     """
     self_test = _run_in_thread(EvaluationRequest("main.jsonnet", {"main.jsonnet": b"{}"}))
     if self_test.result is None:
         print(f"jaas evaluator: self-test failed: {self_test.message}", file=sys.stderr)
         return 3
     send_frame(sock, {"type": READY, "pid": os.getpid()})
+    shared: dict[str, Files] = {}
     while True:
         frame = recv_frame(sock)
         if frame is None:
             return 0
         header, payload = frame
+        if header.get("type") == LIBRARIES:
+            try:
+                shared.update(libraries_from_frame(header, payload))
+            except FrameError as err:
+                print(f"jaas evaluator: {err}", file=sys.stderr)
+                return 2
+            del payload
+            send_frame(sock, {"type": LOADED, "aliases": sorted(shared)})
+            continue
         if header.get("type") != EVALUATE:
             print(f"jaas evaluator: unexpected frame {header.get('type')!r}", file=sys.stderr)
             return 2
@@ -218,6 +258,7 @@ def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
             send_frame(sock, error_header(f"malformed evaluation request: {err}"))
             continue
         del payload
+        request = with_shared_libraries(request, shared)
         _limit_cpu(cpu_limit)
         outcome = _run_in_thread(request)
         _limit_cpu(0)

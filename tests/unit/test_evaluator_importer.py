@@ -15,6 +15,8 @@ from jaas.evaluator.importer import (
     clean_path,
     user_facing,
 )
+from jaas.evaluator.request import EvaluationRequest
+from jaas.evaluator.worker import with_shared_libraries
 
 Files = Mapping[str, bytes]
 
@@ -254,3 +256,17 @@ def test_user_facing_keeps_the_first_and_last_ten_frames() -> None:
 )
 def test_clean_path_matches_go_path_clean(path: str, cleaned: str) -> None:
     assert clean_path(path) == cleaned
+
+
+def test_shared_libraries_join_the_vendor_search_in_one_sorted_alias_order() -> None:
+    vendor = "github.com/example/lib/main.libsonnet"
+    request = EvaluationRequest(
+        "main.jsonnet",
+        {"main.jsonnet": f'[import "{vendor}", import "own/x.libsonnet"]'.encode()},
+        libraries={"own": {"x.libsonnet": b'"own"', vendor: b'"own vendor copy"'}},
+    )
+    shared = {"alpha": {vendor: b'"shared alpha"'}, "zeta": {vendor: b'"shared zeta"'}}
+    merged = with_shared_libraries(request, shared)
+    assert list(merged.libraries) == ["alpha", "zeta", "own"]
+    assert evaluate(merged.files, merged.libraries) == ["shared alpha", "own"]
+    assert with_shared_libraries(request, {}) is request

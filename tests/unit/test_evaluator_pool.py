@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import _gojsonnet
 import pytest
@@ -13,6 +14,7 @@ import pytest_asyncio
 
 from jaas.api.models import JsonnetVariable
 from jaas.api.reasons import Reason, ReasonError
+from jaas.evaluator.libraries import load_library_paths
 from jaas.evaluator.pool import EvaluatorPool, format_bytes, format_duration
 from jaas.evaluator.request import EvaluationRequest, EvaluationResult
 
@@ -324,3 +326,122 @@ async def test_a_malformed_encoded_request_fails_without_killing_the_worker() ->
             EvaluationRequest(entry_file="main.jsonnet", files={"main.jsonnet": b"{ a: 1 }"})
         )
         assert ok.rendered == b'{\n   "a": 1\n}\n'
+
+
+# -- shared libraries (--library-path) ------------------------------------------------
+
+
+def library_tree(root: Path, files: dict[str, str]) -> Path:
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(content)
+    return root
+
+
+@pytest.fixture(scope="module")
+def library_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """``libraries`` then ``libraries-overrides``, as JaaS's precedence example lays them out."""
+    base = tmp_path_factory.mktemp("library-paths")
+    default = library_tree(
+        base / "libraries",
+        {
+            "examplonet/main.libsonnet": (
+                "{resolved_from: 'default', helpers: import 'helpers.libsonnet'}"
+            ),
+            "examplonet/helpers.libsonnet": "{greet(name): 'hello ' + name}",
+            "util/main.libsonnet": "{from: 'shared util'}",
+        },
+    )
+    override = library_tree(
+        base / "libraries-overrides",
+        {
+            "examplonet/main.libsonnet": "{resolved_from: 'override'}",
+            "examplonet/helpers.libsonnet": "{greet(name): 'hi ' + name}",
+        },
+    )
+    return [default, override]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def shared_pool(library_paths: list[Path]) -> AsyncIterator[EvaluatorPool]:
+    # One worker: after a timeout kill the next request must run on its replacement.
+    libraries = load_library_paths(library_paths[:1])
+    async with EvaluatorPool(1, timeout=1.0, memory_limit=1 * GiB, shared_libraries=libraries) as p:
+        yield p
+
+
+async def test_shared_libraries_resolve_as_bare_alias_and_alias_slash_file(
+    shared_pool: EvaluatorPool,
+) -> None:
+    assert shared_pool.shared_aliases == {"examplonet", "util"}
+    request = snippet(
+        "local e = import 'examplonet'; local h = import 'examplonet/helpers.libsonnet';"
+        " {from: e.resolved_from, greeting: h.greet('jaas'), nested: e.helpers.greet('x')}"
+    )
+    result = await shared_pool.evaluate(request)
+    assert result.rendered == (
+        b'{\n   "from": "default",\n   "greeting": "hello jaas",\n   "nested": "hello x"\n}\n'
+    )
+
+
+async def test_a_snippets_own_library_beats_a_shared_alias_of_the_same_name(
+    shared_pool: EvaluatorPool,
+) -> None:
+    request = EvaluationRequest(
+        "main.jsonnet",
+        {"main.jsonnet": b"[(import 'util').from, (import 'examplonet').resolved_from]"},
+        libraries={"util": {"main.libsonnet": b"{from: 'own util'}"}},
+    )
+    result = await shared_pool.evaluate(request)
+    assert result.rendered == b'[\n   "own util",\n   "default"\n]\n'
+    # The whole alias is replaced: the shared util's files are not visible through it.
+    error = await failure(
+        shared_pool,
+        EvaluationRequest(
+            "main.jsonnet",
+            {"main.jsonnet": b"import 'util'"},
+            libraries={"util": {"other.libsonnet": b"{}"}},
+        ),
+    )
+    assert "library util has no main.libsonnet" in error.message
+    # And the next request sees the shared util again.
+    result = await shared_pool.evaluate(snippet("(import 'util').from"))
+    assert result.rendered == b'"shared util"\n'
+
+
+async def test_a_worker_replaced_after_a_timeout_still_has_the_shared_libraries(
+    shared_pool: EvaluatorPool,
+) -> None:
+    await until_full(shared_pool)
+    before = shared_pool.worker_pids
+    error = await failure(shared_pool, snippet(ENDLESS))
+    assert error.reason is Reason.EVALUATION_TIMEOUT
+    await until_full(shared_pool)
+    result = await shared_pool.evaluate(
+        snippet("(import 'examplonet/helpers.libsonnet').greet('b')")
+    )
+    assert result.worker_pid not in before
+    assert result.rendered == b'"hello b"\n'
+
+
+async def test_the_right_most_library_path_wins(library_paths: list[Path]) -> None:
+    libraries = load_library_paths(library_paths)
+    async with EvaluatorPool(1, shared_libraries=libraries) as pool:
+        result = await pool.evaluate(
+            snippet("{resolved_from: (import 'examplonet').resolved_from}")
+        )
+        assert result.rendered == b'{\n   "resolved_from": "override"\n}\n'
+        greeting = await pool.evaluate(
+            snippet("(import 'examplonet/helpers.libsonnet').greet('c')")
+        )
+        assert greeting.rendered == b'"hi c"\n'
+        # Aliases only the left path holds stay available.
+        util = await pool.evaluate(snippet("(import 'util').from"))
+        assert util.rendered == b'"shared util"\n'
+
+
+def test_a_shared_library_too_large_for_one_frame_is_refused_at_construction() -> None:
+    # A listing over jaas.ipc's 16 MiB header cap: far more files than any real tree.
+    huge = {f"{'d' * 100}/{n}.libsonnet": b"" for n in range(170_000)}
+    with pytest.raises(ValueError, match="shared library huge is too large"):
+        EvaluatorPool(1, shared_libraries={"huge": huge})

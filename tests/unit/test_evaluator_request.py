@@ -10,9 +10,12 @@ from jaas.api.models import JsonnetVariable
 from jaas.evaluator.request import (
     ERROR,
     EVALUATE,
+    LIBRARIES,
     EvaluationRequest,
     EvaluationResult,
     error_header,
+    libraries_frame,
+    libraries_from_frame,
 )
 from jaas.ipc import FrameError, Header, recv_frame, send_frame
 
@@ -65,3 +68,25 @@ def test_truncated_payload_is_a_frame_error() -> None:
         EvaluationRequest.from_frame(header, payload + b"x")
     with pytest.raises(FrameError, match="malformed evaluate frame"):
         EvaluationRequest.from_frame({"type": EVALUATE}, payload)
+
+
+def test_libraries_frame_round_trip() -> None:
+    libraries = {
+        "examplonet": {"main.libsonnet": b"{a: 1}", "sub/x.json": b"[]"},
+        "empty": {},
+        "bin": {"blob.json": bytes(range(256))},
+    }
+    header, payload = libraries_frame(libraries)
+    assert header["type"] == LIBRARIES
+    assert len(payload) == len(b"{a: 1}") + 2 + 256
+    assert libraries_from_frame(*through_socket(header, payload)) == libraries
+
+
+def test_malformed_libraries_frame_is_a_frame_error() -> None:
+    header, payload = libraries_frame({"lib": {"main.libsonnet": b"{}"}})
+    with pytest.raises(FrameError, match="more bytes than its payload"):
+        libraries_from_frame(header, payload[:-1])
+    with pytest.raises(FrameError, match="stray payload bytes"):
+        libraries_from_frame(header, payload + b"x")
+    with pytest.raises(FrameError, match="malformed libraries frame"):
+        libraries_from_frame({"type": LIBRARIES}, payload)

@@ -11,7 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from jaas.evaluator.request import ERROR, READY, RESULT, EvaluationRequest
+from jaas.evaluator.request import (
+    ERROR,
+    LIBRARIES,
+    LOADED,
+    READY,
+    RESULT,
+    EvaluationRequest,
+    libraries_frame,
+)
 from jaas.ipc import recv_frame, send_frame
 
 
@@ -78,6 +86,35 @@ def test_ready_then_results_and_errors_then_clean_exit(worker: Worker) -> None:
     assert evaluate(worker, b"true")[1] == b"true\n"
     worker.sock.shutdown(socket.SHUT_WR)
     assert worker.process.wait() == 0
+
+
+def test_shared_libraries_are_kept_and_the_requests_own_alias_wins(worker: Worker) -> None:
+    assert recv_frame(worker.sock) is not None
+    send_frame(worker.sock, *libraries_frame({"shared": {"main.libsonnet": b"'shared'"}}))
+    assert recv_frame(worker.sock) == ({"type": LOADED, "aliases": ["shared"]}, b"")
+    send_frame(worker.sock, *libraries_frame({"util": {"main.libsonnet": b"'shared util'"}}))
+    assert recv_frame(worker.sock) == ({"type": LOADED, "aliases": ["shared", "util"]}, b"")
+    for _ in range(2):  # kept across requests, not consumed by the first
+        header, body = evaluate(worker, b"[import 'shared', import 'util']")
+        assert header["type"] == RESULT
+        assert body == b'[\n   "shared",\n   "shared util"\n]\n'
+    own = EvaluationRequest(
+        "main.jsonnet",
+        {"main.jsonnet": b"[import 'shared', import 'util']"},
+        libraries={"util": {"main.libsonnet": b"'own util'"}},
+    )
+    send_frame(worker.sock, *own.to_frame())
+    frame = recv_frame(worker.sock)
+    assert frame is not None
+    assert frame[0]["type"] == RESULT
+    assert frame[1] == b'[\n   "shared",\n   "own util"\n]\n'
+
+
+def test_malformed_libraries_frame_is_a_protocol_error(worker: Worker) -> None:
+    assert recv_frame(worker.sock) is not None
+    send_frame(worker.sock, {"type": LIBRARIES, "libraries": [["lib", [["a", 5]]]]}, b"")
+    assert recv_frame(worker.sock) is None
+    assert worker.process.wait() == 2
 
 
 def test_panic_retires_the_worker(worker: Worker) -> None:
