@@ -37,7 +37,11 @@ from aiohttp import web
 from jaas.sources.cache import ZSTD_LEVEL, ArtifactCache
 from jaas.sources.extract import extract_tarball
 from jaas.sources.fetch import ArtifactFetcher
+from jaas.sources.urlguard import URLGuard
 from jaas.storage.package import package_rendered
+
+# CountingServer listens on 127.0.0.1, which the default artifact URL guard refuses.
+LOOPBACK = URLGuard(allow_loopback=True)
 
 MB = 1_000_000
 WORDS = [
@@ -138,7 +142,7 @@ def child_fetch(root: str, url: str, digest: str, concurrency: int) -> int:
 
     async def run() -> int:
         cache = ArtifactCache(Path(root))
-        fetcher = ArtifactFetcher(cache)
+        fetcher = ArtifactFetcher(cache, guard=LOOPBACK)
         try:
             await asyncio.gather(*(fetcher.fetch(url, digest) for _ in range(concurrency)))
         finally:
@@ -162,7 +166,7 @@ async def concurrent_fetches(
     print(f"   {'mode':<34} {'downloads':>9} {'wall ms':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         rows: list[tuple[str, int, float]] = []
-        fetcher = ArtifactFetcher(None)
+        fetcher = ArtifactFetcher(None, guard=LOOPBACK)
         before = server.requests
         wall = await timed(
             lambda: asyncio.gather(*(fetcher.fetch(url, digest) for _ in range(concurrency)))
@@ -171,7 +175,7 @@ async def concurrent_fetches(
         rows.append(("cache off", server.requests - before, wall))
 
         cache = ArtifactCache(Path(tmp) / "cache")
-        fetcher = ArtifactFetcher(cache)
+        fetcher = ArtifactFetcher(cache, guard=LOOPBACK)
         for label in ("cache on, cold", "cache on, warm"):
             before = server.requests
             wall = await timed(
@@ -206,8 +210,8 @@ async def hit_versus_download(server: CountingServer, url: str, digest: str, dat
     print(f"\n2. latency, {len(data) / MB:.1f} MB artifact (median of 15)")
     with tempfile.TemporaryDirectory() as tmp:
         cache = ArtifactCache(Path(tmp) / "cache")
-        cached = ArtifactFetcher(cache)
-        uncached = ArtifactFetcher(None)
+        cached = ArtifactFetcher(cache, guard=LOOPBACK)
+        uncached = ArtifactFetcher(None, guard=LOOPBACK)
         await cached.fetch(url, digest)
         download = await median_of(15, lambda: uncached.fetch(url, digest))
         hit_async = await median_of(15, lambda: cached.fetch(url, digest))

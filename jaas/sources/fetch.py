@@ -18,10 +18,16 @@ downloads go through :meth:`~jaas.sources.cache.ArtifactCache.get_or_fetch`,
 so N concurrent fetches of one artifact, in one process or across the pod's
 processes, cause one download.
 
-JaaS's SSRF guard (urlguard, jaas-reference §6.8) is not applied yet: tests
-and the demo serve artifacts on loopback. Every URL, the first and each
-redirect target, passes through :meth:`ArtifactFetcher.check_url`; the guard
-belongs there (plus a resolver hook for the DNS-rebinding check).
+SSRF defence (JaaS ``internal/urlguard`` and the dialer ``Control`` hook of
+``internal/sources``), see :mod:`jaas.sources.urlguard`: the first URL and
+every redirect target pass :meth:`ArtifactFetcher.check_url` (the fetcher's
+:class:`~jaas.sources.urlguard.URLGuard`) before a request is sent, and every
+address a host name resolves to passes the same guard at connect time
+(:class:`GuardedResolver`), so a name that resolves, or rebinds, to loopback or
+the metadata endpoint is refused. IP literals never reach the resolver; the
+URL check covers them. A refusal is a permanent ``SourceFetchFailed`` and is
+not retried. Messages carry URLs without userinfo, query or fragment
+(:func:`~jaas.sources.urlguard.redact`).
 """
 
 from __future__ import annotations
@@ -29,16 +35,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import socket
 from collections.abc import Mapping
 from typing import Final
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from jaas.api.reasons import Reason, ReasonError
 from jaas.sources.cache import ArtifactCache
 from jaas.sources.digest import format_digest, parse_digest
 from jaas.sources.extract import ArchiveError, extract_tarball
+from jaas.sources.urlguard import ForbiddenURLError, URLGuard, redact
 
 MiB: Final = 1 << 20
 DEFAULT_MAX_DOWNLOAD_BYTES: Final = 64 * MiB
@@ -60,6 +70,79 @@ def is_permanent_http_status(status: int) -> bool:
     return 400 <= status < 500 and status not in (408, 429)
 
 
+class RefusedAddressError(OSError):
+    """Every address a host name resolved to is forbidden by the guard.
+
+    Raised by :class:`GuardedResolver`; aiohttp wraps it in
+    ``ClientConnectorDNSError`` (as ``os_error``), and the fetcher turns it
+    into a permanent :class:`~jaas.sources.urlguard.ForbiddenURLError`.
+
+    Attributes:
+        host: the name that was resolved.
+        refused: ``(address, why)`` for each address dropped, in resolver order.
+    """
+
+    def __init__(self, host: str, refused: list[tuple[str, str]]) -> None:
+        described = ", ".join(f"{address} ({why})" for address, why in refused)
+        super().__init__(f"host {host!r} resolves only to forbidden addresses: {described}")
+        self.host = host
+        self.refused = refused
+
+
+class GuardedResolver(AbstractResolver):
+    """An aiohttp resolver that drops the addresses the guard refuses (DNS-rebinding defence).
+
+    The connect-time half of JaaS's SSRF defence (``internal/sources``
+    ``controlConn``, which runs ``urlguard.ForbiddenIP`` on the address the
+    dialer is about to connect to). aiohttp connects only to addresses this
+    resolver returns, so a name that resolves, or rebinds between the URL
+    check and the connect, to loopback or 169.254.169.254 is never dialled.
+    aiohttp does not call the resolver for IP literals; the URL check covers
+    those.
+
+    Args:
+        guard: decides which addresses may be connected to.
+        resolver: does the lookups; None creates aiohttp's
+            ``DefaultResolver`` (so this must be built inside the running loop),
+            which :meth:`close` closes. A resolver passed in stays the caller's
+            and is not closed.
+    """
+
+    def __init__(self, guard: URLGuard, resolver: AbstractResolver | None = None) -> None:
+        self.guard = guard
+        self._owns_resolver = resolver is None
+        self._resolver = resolver if resolver is not None else DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Resolve ``host`` and keep only the addresses the guard allows.
+
+        Raises:
+            RefusedAddressError: the resolver answered, but with forbidden
+                addresses only.
+            OSError: the lookup itself failed (as the wrapped resolver raises it).
+        """
+        answers = await self._resolver.resolve(host, port, family)
+        allowed: list[ResolveResult] = []
+        refused: list[tuple[str, str]] = []
+        for answer in answers:
+            try:
+                self.guard.check_address(answer["host"])
+            except ForbiddenURLError as err:
+                refused.append((answer["host"], err.why))
+            else:
+                allowed.append(answer)
+        if refused and not allowed:
+            raise RefusedAddressError(host, refused)
+        return allowed
+
+    async def close(self) -> None:
+        """Close the wrapped resolver if this one created it."""
+        if self._owns_resolver:
+            await self._resolver.close()
+
+
 class ArtifactFetcher:
     """Downloads and verifies Flux artifacts, optionally through the shared cache.
 
@@ -72,6 +155,11 @@ class ArtifactFetcher:
         attempts: tries for a transient failure before giving up (>= 1).
         retry_backoff: seconds before the second try; doubles after each
             try, with jitter (each wait is 50–100 % of the nominal value).
+        guard: the SSRF check for URLs, redirect targets and resolved
+            addresses; None is ``URLGuard()`` (loopback refused). Pass
+            ``URLGuard(allow_loopback=True)`` to fetch from 127.0.0.1.
+        resolver: does the DNS lookups behind the guard (a test double, or
+            aiohttp's ``AsyncResolver``); None is aiohttp's ``DefaultResolver``.
 
     Counters (plain ints): ``requests`` (HTTP requests sent, redirects
     included) and ``downloads`` (bodies received and verified).
@@ -89,58 +177,64 @@ class ArtifactFetcher:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
         attempts: int = DEFAULT_ATTEMPTS,
         retry_backoff: float = DEFAULT_RETRY_BACKOFF_SECONDS,
+        guard: URLGuard | None = None,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self.cache = cache
+        self.guard = guard if guard is not None else URLGuard()
+        self._resolver = resolver
         self.max_download_bytes = max_download_bytes
         self.attempts = attempts
         self.retry_backoff = retry_backoff
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._semaphore = asyncio.Semaphore(max_concurrent_downloads)
         self._session: aiohttp.ClientSession | None = None
+        self._guarded_resolver: GuardedResolver | None = None
         self.requests = 0
         self.downloads = 0
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # The connector closes only resolvers it created itself; close() does this one.
+            self._guarded_resolver = GuardedResolver(self.guard, self._resolver)
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
                 trust_env=False,
                 auto_decompress=False,
-                connector=aiohttp.TCPConnector(limit=0),
+                connector=aiohttp.TCPConnector(limit=0, resolver=self._guarded_resolver),
             )
         return self._session
 
     async def close(self) -> None:
-        """Close the HTTP session (a later fetch opens a new one)."""
+        """Close the HTTP session and its resolver (a later fetch opens new ones).
+
+        A ``resolver`` passed to the constructor is not closed: it is the
+        caller's, and a later fetch uses it again.
+        """
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._guarded_resolver is not None:
+            await self._guarded_resolver.close()
+            self._guarded_resolver = None
 
     def check_url(self, url: str | URL) -> URL:
         """Validate an artifact URL (the first and every redirect target) and parse it.
 
-        Today: scheme http or https and a host. JaaS's SSRF denylist
-        (loopback, link-local, metadata addresses) goes here when added.
+        Delegates to the fetcher's :meth:`URLGuard.check
+        <jaas.sources.urlguard.URLGuard.check>` (JaaS ``urlguard.ValidateHTTPURL``):
+        scheme http or https, a host, and no loopback, link-local, metadata,
+        multicast, unspecified or 0.0.0.0/8 address in any spelling.
+
+        Returns:
+            The parsed URL, the one to request.
 
         Raises:
-            ReasonError: ``SourceFetchFailed``, not transient.
+            ForbiddenURLError: ``SourceFetchFailed``, not transient.
         """
-        try:
-            parsed = url if isinstance(url, URL) else URL(url)
-        except ValueError as err:
-            raise ReasonError(
-                Reason.SOURCE_FETCH_FAILED, f"artifact URL {str(url)!r} cannot be parsed: {err}"
-            ) from err
-        if parsed.scheme not in ("http", "https"):
-            raise ReasonError(
-                Reason.SOURCE_FETCH_FAILED,
-                f"artifact URL {str(url)!r} must use http or https",
-            )
-        if not parsed.host:
-            raise ReasonError(Reason.SOURCE_FETCH_FAILED, f"artifact URL {str(url)!r} has no host")
-        return parsed
+        return self.guard.check(url)
 
     async def fetch(
         self, url: str, digest: str | None, *, headers: Mapping[str, str] | None = None
@@ -154,6 +248,8 @@ class ArtifactFetcher:
             headers: extra request headers, e.g. ``traceparent``.
 
         Raises:
+            ForbiddenURLError: the URL, a redirect target or the address its
+                host resolves to is refused by the guard (permanent).
             ReasonError: ``SourceFetchFailed``; ``transient`` tells whether a
                 retry with backoff may help (see the module docstring).
         """
@@ -191,7 +287,7 @@ class ArtifactFetcher:
             return await asyncio.to_thread(extract_tarball, data, path=path)
         except ArchiveError as err:
             transient = err.transient or parse_digest(digest) is None
-            raise ArchiveError(f"{err.message} (from {url})", transient=transient) from err
+            raise ArchiveError(f"{err.message} (from {redact(url)})", transient=transient) from err
 
     async def _download(
         self, target: URL, expected: str | None, headers: Mapping[str, str] | None
@@ -211,10 +307,21 @@ class ArtifactFetcher:
     async def _get(
         self, target: URL, expected: str | None, headers: Mapping[str, str] | None
     ) -> bytes:
-        """One attempt: GET following redirects, stream, cap, hash, verify."""
+        """One attempt: GET following redirects, stream, cap, hash, verify.
+
+        Each redirect target passes :meth:`check_url` before it is requested;
+        the resolver refuses forbidden addresses at connect time.
+
+        Raises:
+            ForbiddenURLError: a redirect target or a resolved address is
+                forbidden (permanent).
+            ReasonError: ``SourceFetchFailed`` for the other failures, with
+                ``transient`` as the module docstring says.
+        """
         session = self._get_session()
         request_headers = {"Accept-Encoding": "identity", **(headers or {})}
         url = target
+        shown = redact(target)
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 self.requests += 1
@@ -228,7 +335,7 @@ class ArtifactFetcher:
                     if response.status != 200:
                         raise ReasonError(
                             Reason.SOURCE_FETCH_FAILED,
-                            f"download {target}: HTTP {response.status}",
+                            f"download {shown}: HTTP {response.status}",
                             transient=not is_permanent_http_status(response.status),
                         )
                     data, actual = await self._read_body(target, response)
@@ -236,26 +343,31 @@ class ArtifactFetcher:
             else:
                 raise ReasonError(
                     Reason.SOURCE_FETCH_FAILED,
-                    f"download {target}: stopped after {MAX_REDIRECTS} redirects",
+                    f"download {shown}: stopped after {MAX_REDIRECTS} redirects",
                     transient=True,
                 )
         except TimeoutError as err:
             raise ReasonError(
                 Reason.SOURCE_FETCH_FAILED,
-                f"download {target}: timed out after {self._timeout.total} s",
+                f"download {shown}: timed out after {self._timeout.total} s",
                 transient=True,
             ) from err
         except aiohttp.ClientError as err:
+            refused = _refused_address(err)
+            if refused is not None:
+                raise ForbiddenURLError(
+                    f"download {shown}: {refused}", host=refused.host, why=refused.refused[0][1]
+                ) from err
             raise ReasonError(
                 Reason.SOURCE_FETCH_FAILED,
-                f"download {target}: {type(err).__name__}: {err}",
+                f"download {shown}: {type(err).__name__}: {_scrub(str(err), target, url)}",
                 transient=True,
             ) from err
         if expected is not None and actual != expected:
             raise ReasonError(
                 Reason.SOURCE_FETCH_FAILED,
                 f"digest mismatch: expected {format_digest(expected)}, "
-                f"got {format_digest(actual)} (from {target})",
+                f"got {format_digest(actual)} (from {shown})",
             )
         self.downloads += 1
         return data
@@ -265,7 +377,7 @@ class ArtifactFetcher:
         limit = self.max_download_bytes
         too_large = ReasonError(
             Reason.SOURCE_FETCH_FAILED,
-            f"download {target}: artifact is larger than the {limit}-byte download cap",
+            f"download {redact(target)}: artifact is larger than the {limit}-byte download cap",
         )
         if response.content_length is not None and response.content_length > limit:
             raise too_large
@@ -288,5 +400,24 @@ def _resolve_redirect(current: URL, location: str) -> URL:
     except ValueError as err:
         raise ReasonError(
             Reason.SOURCE_FETCH_FAILED,
-            f"redirect from {current} to an unparsable location {location!r}",
+            f"redirect from {redact(current)} to an unparsable location {redact(location)!r}",
         ) from err
+
+
+def _refused_address(err: aiohttp.ClientError) -> RefusedAddressError | None:
+    """The guard's refusal inside an aiohttp connect error, if that is what it is."""
+    if isinstance(err, aiohttp.ClientConnectorError) and isinstance(
+        err.os_error, RefusedAddressError
+    ):
+        return err.os_error
+    if isinstance(err.__cause__, RefusedAddressError):
+        return err.__cause__
+    return None
+
+
+def _scrub(text: str, *urls: URL) -> str:
+    """``text`` (an aiohttp error message) with each of ``urls`` replaced by its redacted form."""
+    for url in urls:
+        for spelling in {str(url), url.human_repr()}:
+            text = text.replace(spelling, redact(url))
+    return text

@@ -10,16 +10,25 @@ import io
 import socket
 import tarfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from jaas.api.reasons import Reason, ReasonError
 from jaas.sources.cache import ArtifactCache
 from jaas.sources.extract import ArchiveError
-from jaas.sources.fetch import ArtifactFetcher, is_permanent_http_status
+from jaas.sources.fetch import (
+    ArtifactFetcher,
+    GuardedResolver,
+    RefusedAddressError,
+    is_permanent_http_status,
+)
+from jaas.sources.urlguard import ForbiddenURLError, URLGuard
 
 
 def make_tarball(files: dict[str, bytes]) -> bytes:
@@ -34,6 +43,8 @@ def make_tarball(files: dict[str, bytes]) -> bytes:
 
 TARBALL = make_tarball({"main.jsonnet": b"{a: 1}", "sub/lib.libsonnet": b"{b: 2}"})
 DIGEST = "sha256:" + hashlib.sha256(TARBALL).hexdigest()
+# The artifact servers below listen on 127.0.0.1, which the default guard refuses.
+LOOPBACK = URLGuard(allow_loopback=True)
 
 
 class ArtifactServer:
@@ -49,6 +60,8 @@ class ArtifactServer:
         self.release = asyncio.Event()
         self.two_in_flight = asyncio.Event()
         self.base = ""
+        self.port = 0
+        self.redirect_target = ""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -58,6 +71,7 @@ class ArtifactServer:
         app.router.add_get("/redirect/{name}", self.redirect)
         app.router.add_get("/relative/{name}", self.relative_redirect)
         app.router.add_get("/loop", self.loop)
+        app.router.add_get("/redirect-to", self.redirect_to)
         app.router.add_get("/to-ftp", self.to_ftp)
         app.router.add_get("/chunked/{size}", self.chunked)
         app.router.add_get("/slow", self.slow)
@@ -90,6 +104,10 @@ class ArtifactServer:
     async def relative_redirect(self, request: web.Request) -> web.Response:
         self.record(request)
         raise web.HTTPTemporaryRedirect(f"../a/{request.match_info['name']}")
+
+    async def redirect_to(self, request: web.Request) -> web.Response:
+        self.record(request)
+        raise web.HTTPFound(self.redirect_target)
 
     async def loop(self, request: web.Request) -> web.Response:
         self.record(request)
@@ -141,23 +159,40 @@ class ArtifactServer:
         return web.Response(body=self.files[request.match_info["name"]])
 
 
-@pytest_asyncio.fixture
-async def server() -> AsyncIterator[ArtifactServer]:
+@contextlib.asynccontextmanager
+async def serving(address: str) -> AsyncIterator[ArtifactServer]:
+    """An ArtifactServer listening on ``address`` (a loopback IP) and a free port."""
     state = ArtifactServer()
     runner = web.AppRunner(state.app())
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, address, 0)
     await site.start()
     port = runner.addresses[0][1]
-    state.base = f"http://127.0.0.1:{port}"
-    yield state
-    state.release.set()
-    await runner.cleanup()
+    state.port = port
+    state.base = f"http://{address}:{port}" if ":" not in address else f"http://[{address}]:{port}"
+    try:
+        yield state
+    finally:
+        state.release.set()
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[ArtifactServer]:
+    async with serving("127.0.0.1") as state:
+        yield state
+
+
+@pytest_asyncio.fixture
+async def server6() -> AsyncIterator[ArtifactServer]:
+    """A second artifact server, on the IPv6 loopback ::1."""
+    async with serving("::1") as state:
+        yield state
 
 
 @pytest_asyncio.fixture
 async def fetcher() -> AsyncIterator[ArtifactFetcher]:
-    instance = ArtifactFetcher(None, retry_backoff=0.01)
+    instance = ArtifactFetcher(None, retry_backoff=0.01, guard=LOOPBACK)
     yield instance
     await instance.close()
 
@@ -197,7 +232,7 @@ async def test_empty_digest_skips_verification_and_cache(
 ) -> None:
     server.files["other.tar.gz"] = b"anything at all"
     cache = ArtifactCache(tmp_path / "cache")
-    fetcher = ArtifactFetcher(cache)
+    fetcher = ArtifactFetcher(cache, guard=LOOPBACK)
     try:
         assert await fetcher.fetch(f"{server.base}/a/other.tar.gz", digest) == b"anything at all"
         assert await fetcher.fetch(f"{server.base}/a/other.tar.gz", digest) == b"anything at all"
@@ -252,7 +287,7 @@ async def test_connection_refused_is_transient(fetcher: ArtifactFetcher) -> None
 
 
 async def test_timeout_is_transient(server: ArtifactServer) -> None:
-    fetcher = ArtifactFetcher(None, timeout=0.2, attempts=2, retry_backoff=0.01)
+    fetcher = ArtifactFetcher(None, timeout=0.2, attempts=2, retry_backoff=0.01, guard=LOOPBACK)
     try:
         with pytest.raises(ReasonError, match="timed out") as info:
             await fetcher.fetch(f"{server.base}/slow", DIGEST)
@@ -264,7 +299,7 @@ async def test_timeout_is_transient(server: ArtifactServer) -> None:
 
 async def test_download_cap_with_content_length(server: ArtifactServer) -> None:
     server.files["big.tar.gz"] = bytes(2000)
-    fetcher = ArtifactFetcher(None, max_download_bytes=1999)
+    fetcher = ArtifactFetcher(None, max_download_bytes=1999, guard=LOOPBACK)
     try:
         with pytest.raises(ReasonError, match="1999-byte download cap") as info:
             await fetcher.fetch(f"{server.base}/a/big.tar.gz", None)
@@ -277,7 +312,7 @@ async def test_download_cap_with_content_length(server: ArtifactServer) -> None:
 
 
 async def test_download_cap_while_streaming_chunked(server: ArtifactServer) -> None:
-    fetcher = ArtifactFetcher(None, max_download_bytes=10_000)
+    fetcher = ArtifactFetcher(None, max_download_bytes=10_000, guard=LOOPBACK)
     try:
         with pytest.raises(ReasonError, match="download cap") as info:
             await fetcher.fetch(f"{server.base}/chunked/50000", None)
@@ -312,7 +347,7 @@ async def test_redirect_targets_are_checked(
 
 
 async def test_redirect_loop_stops(server: ArtifactServer) -> None:
-    fetcher = ArtifactFetcher(None, attempts=1)
+    fetcher = ArtifactFetcher(None, attempts=1, guard=LOOPBACK)
     try:
         with pytest.raises(ReasonError, match="stopped after 10 redirects"):
             await fetcher.fetch(f"{server.base}/loop", DIGEST)
@@ -366,7 +401,7 @@ async def test_environment_proxies_are_ignored(
         monkeypatch.setenv(variable, f"http://127.0.0.1:{dead}")
     for variable in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(variable, raising=False)
-    fetcher = ArtifactFetcher(None, attempts=1)
+    fetcher = ArtifactFetcher(None, attempts=1, guard=LOOPBACK)
     try:
         assert await fetcher.fetch(f"{server.base}/a/artifact.tar.gz", DIGEST) == TARBALL
     finally:
@@ -374,7 +409,7 @@ async def test_environment_proxies_are_ignored(
 
 
 async def test_concurrent_downloads_are_bounded(server: ArtifactServer) -> None:
-    fetcher = ArtifactFetcher(None, max_concurrent_downloads=2)
+    fetcher = ArtifactFetcher(None, max_concurrent_downloads=2, guard=LOOPBACK)
     url = f"{server.base}/overlap/artifact.tar.gz"
     try:
         results = await asyncio.gather(*(fetcher.fetch(url, DIGEST) for _ in range(5)))
@@ -389,7 +424,7 @@ async def test_cache_makes_concurrent_fetches_one_download(
     server: ArtifactServer, tmp_path: Path
 ) -> None:
     cache = ArtifactCache(tmp_path / "cache")
-    fetcher = ArtifactFetcher(cache)
+    fetcher = ArtifactFetcher(cache, guard=LOOPBACK)
     url = f"{server.base}/a/artifact.tar.gz"
     try:
         results = await asyncio.gather(*(fetcher.fetch(url, DIGEST) for _ in range(10)))
@@ -406,7 +441,7 @@ async def test_cache_makes_concurrent_fetches_one_download(
 
 async def test_cached_mismatch_is_not_stored(server: ArtifactServer, tmp_path: Path) -> None:
     cache = ArtifactCache(tmp_path / "cache")
-    fetcher = ArtifactFetcher(cache)
+    fetcher = ArtifactFetcher(cache, guard=LOOPBACK)
     wrong = "sha256:" + "1" * 64
     try:
         for _ in range(2):
@@ -452,3 +487,220 @@ async def test_cap_violation_in_extraction_stays_permanent_without_digest(
     with pytest.raises(ReasonError, match="per-entry cap") as info:
         await fetcher.fetch_files(f"{server.base}/a/big.tar.gz", None)
     assert not info.value.transient
+
+
+# --- the SSRF guard -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdmitOrigin(URLGuard):
+    """The default guard (loopback refused), except one origin it treats as a public host.
+
+    Lets the 127.0.0.1 test server stand in for an allowed artifact host while
+    every other loopback URL, a redirect target in particular, is refused.
+    """
+
+    origin: str = ""
+
+    def check(self, url: str | URL) -> URL:
+        parsed = url if isinstance(url, URL) else URL(url)
+        if parsed.absolute and str(parsed.origin()) == self.origin:
+            return parsed
+        return super().check(parsed)
+
+
+class FakeResolver(AbstractResolver):
+    """Answers from a fixed table, as a DNS server controlled by an attacker would."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+        self.lookups: list[str] = []
+        self.closed = False
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.lookups.append(host)
+        if host not in self.answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for address in self.answers[host]
+        ]
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_default_guard_refuses_loopback_before_any_request(server: ArtifactServer) -> None:
+    fetcher = ArtifactFetcher(None)
+    try:
+        with pytest.raises(ForbiddenURLError, match="loopback") as info:
+            await fetcher.fetch(f"{server.base}/a/artifact.tar.gz", DIGEST)
+    finally:
+        await fetcher.close()
+    assert info.value.reason is Reason.SOURCE_FETCH_FAILED
+    assert not info.value.transient
+    assert server.hits == []
+    assert fetcher.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", "metadata"),
+        ("{v6}/a/artifact.tar.gz", "loopback"),
+    ],
+)
+async def test_redirect_to_a_forbidden_host_is_refused_without_a_request(
+    server: ArtifactServer, server6: ArtifactServer, target: str, why: str
+) -> None:
+    server.redirect_target = target.format(v6=server6.base)
+    fetcher = ArtifactFetcher(None, guard=AdmitOrigin(origin=server.base))
+    try:
+        with pytest.raises(ForbiddenURLError) as info:
+            await fetcher.fetch(f"{server.base}/redirect-to", DIGEST)
+    finally:
+        await fetcher.close()
+    assert not info.value.transient
+    assert why in info.value.message
+    assert info.value.host is not None
+    assert info.value.host in info.value.message
+    assert server.hits == ["/redirect-to"]  # refused, and not retried
+    assert server6.hits == []
+    assert fetcher.requests == 1
+
+
+async def test_redirect_to_ipv6_loopback_is_followed_when_loopback_is_allowed(
+    server: ArtifactServer, server6: ArtifactServer, fetcher: ArtifactFetcher
+) -> None:
+    # The control for the test above: the [::1] server is reachable, so its
+    # empty hit list there means the guard stopped the request.
+    server.redirect_target = f"{server6.base}/a/artifact.tar.gz"
+    assert await fetcher.fetch(f"{server.base}/redirect-to", DIGEST) == TARBALL
+    assert server6.hits == ["/a/artifact.tar.gz"]
+
+
+async def test_metadata_redirect_is_refused_even_with_loopback_allowed(
+    server: ArtifactServer, fetcher: ArtifactFetcher
+) -> None:
+    server.redirect_target = "http://169.254.169.254/latest/meta-data/"
+    with pytest.raises(ForbiddenURLError, match="metadata") as info:
+        await fetcher.fetch(f"{server.base}/redirect-to", DIGEST)
+    assert not info.value.transient
+    assert server.hits == ["/redirect-to"]
+
+
+async def test_name_resolving_to_loopback_is_refused_at_connect_time(
+    server: ArtifactServer,
+) -> None:
+    resolver = FakeResolver({"artifacts.example": ["127.0.0.1"]})
+    fetcher = ArtifactFetcher(None, resolver=resolver)
+    url = f"http://artifacts.example:{server.port}/a/artifact.tar.gz?token=x"
+    try:
+        assert fetcher.check_url(url).host == "artifacts.example"  # the URL itself is fine
+        with pytest.raises(ForbiddenURLError) as info:
+            await fetcher.fetch(url, DIGEST)
+    finally:
+        await fetcher.close()
+    assert info.value.reason is Reason.SOURCE_FETCH_FAILED
+    assert not info.value.transient
+    assert info.value.host == "artifacts.example"
+    assert info.value.why == "loopback"
+    for part in ("artifacts.example", "127.0.0.1", "loopback"):
+        assert part in info.value.message
+    assert "token" not in info.value.message
+    assert resolver.lookups == ["artifacts.example"]  # not retried
+    assert server.hits == []
+    assert not resolver.closed  # the caller's, reused by a later fetch
+
+
+async def test_name_resolving_to_loopback_is_fetched_when_loopback_is_allowed(
+    server: ArtifactServer,
+) -> None:
+    # The control for the test above, and: a forbidden answer is dropped, the
+    # allowed one used.
+    resolver = FakeResolver({"artifacts.example": ["169.254.169.254", "127.0.0.1"]})
+    fetcher = ArtifactFetcher(None, guard=LOOPBACK, resolver=resolver)
+    try:
+        url = f"http://artifacts.example:{server.port}/a/artifact.tar.gz"
+        assert await fetcher.fetch(url, DIGEST) == TARBALL
+    finally:
+        await fetcher.close()
+    assert server.hits == ["/a/artifact.tar.gz"]
+
+
+async def test_redirect_to_a_name_that_resolves_to_loopback_is_refused(
+    server: ArtifactServer,
+) -> None:
+    resolver = FakeResolver({"rebind.example": ["::1", "127.0.0.1"]})
+    server.redirect_target = f"http://rebind.example:{server.port}/a/artifact.tar.gz"
+    fetcher = ArtifactFetcher(None, guard=AdmitOrigin(origin=server.base), resolver=resolver)
+    try:
+        with pytest.raises(ForbiddenURLError, match=r"rebind\.example") as info:
+            await fetcher.fetch(f"{server.base}/redirect-to", DIGEST)
+    finally:
+        await fetcher.close()
+    assert not info.value.transient
+    assert "::1 (loopback)" in info.value.message
+    assert "127.0.0.1 (loopback)" in info.value.message
+    assert server.hits == ["/redirect-to"]
+
+
+async def test_guarded_resolver_filters_answers() -> None:
+    inner = FakeResolver(
+        {
+            "mixed.example": ["169.254.169.254", "10.0.0.7", "::1", "fd00::7"],
+            "bad.example": ["0.0.0.0", "fe80::1%eth0"],
+            "empty.example": [],
+        }
+    )
+    resolver = GuardedResolver(URLGuard(), inner)
+    kept = await resolver.resolve("mixed.example", 443, socket.AF_UNSPEC)
+    assert [answer["host"] for answer in kept] == ["10.0.0.7", "fd00::7"]
+    assert all(answer["port"] == 443 for answer in kept)
+    with pytest.raises(RefusedAddressError) as info:
+        await resolver.resolve("bad.example", 80)
+    assert info.value.host == "bad.example"
+    assert info.value.refused == [("0.0.0.0", "unspecified"), ("fe80::1%eth0", "link-local")]
+    assert isinstance(info.value, OSError)
+    assert await resolver.resolve("empty.example") == []
+    with pytest.raises(socket.gaierror):
+        await resolver.resolve("unknown.example")
+    await resolver.close()
+    assert not inner.closed  # passed in, so the caller's to close
+
+
+async def test_error_messages_leave_out_credentials_and_query(server: ArtifactServer) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    authority = f"user:secret@127.0.0.1:{server.port}"
+    server.files["corrupt.tar.gz"] = b"not a tarball"
+    corrupt = "sha256:" + hashlib.sha256(b"not a tarball").hexdigest()
+    cases: list[tuple[str, str | None, str]] = [
+        (f"http://{authority}/status/404?token=x#frag", DIGEST, "HTTP 404"),
+        (f"http://{authority}/a/artifact.tar.gz?token=x", "sha256:" + "0" * 64, "mismatch"),
+        (f"http://user:secret@127.0.0.1:{dead}/a.tar.gz?token=x", DIGEST, "download"),
+        (f"http://{authority}/a/corrupt.tar.gz?token=x", corrupt, "corrupt.tar.gz"),
+        ("http://user:secret@169.254.169.254/latest?token=x", DIGEST, "metadata"),
+        (f"ftp://{authority}/a.tar.gz?token=x", DIGEST, "http or https"),
+    ]
+    fetcher = ArtifactFetcher(None, guard=LOOPBACK, attempts=1)
+    try:
+        for url, digest, expected in cases:
+            with pytest.raises(ReasonError) as info:
+                await fetcher.fetch_files(url, digest)
+            message = info.value.message
+            assert expected in message, (url, message)
+            for leak in ("secret", "user", "token=x", "frag"):
+                assert leak not in message, (url, message)
+    finally:
+        await fetcher.close()

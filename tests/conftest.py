@@ -1,0 +1,14 @@
+"""Session-wide test setup shared by the unit and end-to-end suites.
+
+Hypothesis's pytest plugin imports ``hypothesis`` in ``pytest_terminal_summary``
+when no test module has imported it yet (a run that selects no property test).
+That late import goes through pytest's assertion rewriting, i.e. ``ast.parse``;
+if garbage collection then runs a finaliser that reports an unraisable
+exception (the evaluator pool tests can leave a subprocess transport whose
+``__del__`` fires after its loop closed), pytest's unraisable hook parses
+source re-entrantly and CPython 3.11 aborts the session with ``SystemError:
+AST constructor recursion depth mismatch``. Importing hypothesis here, before
+any test runs, leaves no import for the end of the session.
+"""
+
+import hypothesis  # noqa: F401
