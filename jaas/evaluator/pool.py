@@ -21,6 +21,12 @@ the event-loop process). The pool
 * hands the operator-wide shared libraries (``--library-path``) to every worker
   once, right after it reports ready (replacements included), so requests do
   not carry them.
+* hands free workers out fairly between flows (by default the namespace of the
+  request's ``label``): waiting requests queue per flow and a worker that
+  becomes free, or a replacement that becomes ready, goes to the next flow in
+  round-robin order (``jaas.fairqueue``, after kube-apiserver's API Priority
+  and Fairness), so one namespace's backlog of slow programs delays another
+  namespace's evaluation by about one evaluation, not by the whole backlog.
 
 Unlike JaaS (metio/jaas ``internal/eval/eval.go``), whose timed-out goroutines
 keep running, a timed-out evaluation here really stops.
@@ -36,7 +42,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping
 
 import jaas
 from jaas.api.reasons import Reason, ReasonError
@@ -50,6 +57,7 @@ from jaas.evaluator.request import (
     EvaluationResult,
     libraries_frame,
 )
+from jaas.fairqueue import FairQueue
 from jaas.ipc import FrameError, Header, encode_frame, read_frame, write_frame
 
 logger = logging.getLogger(__name__)
@@ -72,6 +80,15 @@ STARTUP_TIMEOUT = 60.0
 _STDERR_TAIL = 8192
 #: Back-off between failed attempts to start a replacement worker, seconds.
 _RESPAWN_BACKOFF = (0.1, 0.5, 1.0, 5.0)
+
+
+def label_namespace(label: str) -> str:
+    """The namespace part of a request label ``"<namespace>/<name>"``: the default flow.
+
+    A label without ``/`` is its own flow; every request without a label
+    (``""``) shares the flow ``""``.
+    """
+    return label.partition("/")[0]
 
 
 def format_duration(seconds: float) -> str:
@@ -164,6 +181,11 @@ class EvaluatorPool:
             after its ``ready`` frame, before its first request; the caller
             need not keep its mapping. Every worker holds a copy, so they count
             against ``memory_limit``.
+        flow: maps a request's ``label`` (``""`` when it has none) to the flow
+            it waits in when every worker is busy; waiting requests get free
+            workers round-robin between flows, first come, first served within
+            one. The default, ``label_namespace``, makes each namespace a flow;
+            ``None`` puts every request in one flow (plain FIFO).
 
     Raises:
         ValueError: ``size`` below 1, negative ``max_stack``, or a shared
@@ -186,6 +208,7 @@ class EvaluatorPool:
         *,
         stack_size: int = DEFAULT_STACK_SIZE,
         shared_libraries: Mapping[str, Mapping[str, bytes]] | None = None,
+        flow: Callable[[str], Hashable] | None = label_namespace,
     ) -> None:
         if size < 1:
             raise ValueError(f"evaluator pool size must be at least 1, got {size}")
@@ -205,7 +228,11 @@ class EvaluatorPool:
         self.timeouts = 0
         self.restarts = 0
         self._workers: set[_Worker] = set()
-        self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()
+        self._flow = flow
+        # Live workers not evaluating, oldest first; empty while anyone waits.
+        self._idle: deque[_Worker] = deque()
+        # Requests waiting for a worker, one FIFO per flow.
+        self._waiters: FairQueue[Hashable, asyncio.Future[_Worker]] = FairQueue()
         self._respawns: set[asyncio.Task[None]] = set()
         self._started = False
         self._closed = False
@@ -231,6 +258,15 @@ class EvaluatorPool:
     def idle(self) -> int:
         """Workers waiting for a request."""
         return sum(1 for w in self._workers if w.alive and not w.busy)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a free worker, over all flows."""
+        return len(self._waiters)
+
+    def waiting_by_flow(self) -> dict[Hashable, int]:
+        """Requests waiting for a free worker per flow, in the order flows will be served."""
+        return {flow: self._waiters.depth(flow) for flow in self._waiters.flows()}
 
     @property
     def worker_pids(self) -> list[int]:
@@ -262,7 +298,11 @@ class EvaluatorPool:
         self._closed = True
         for task in self._respawns:
             task.cancel()
-        self._idle.put_nowait(None)  # wakes waiters; each puts it back
+        self._idle.clear()
+        while self._waiters:
+            waiter = self._waiters.pop()
+            if not waiter.done():
+                waiter.set_exception(RuntimeError("the evaluator pool is closed"))
         workers = list(self._workers)
         for worker in workers:
             worker.retired = True
@@ -293,14 +333,17 @@ class EvaluatorPool:
 
         The leader forwards shard requests this way, so files are not unpacked
         and packed again in between. The pool's ``max_stack`` replaces the
-        request's. Raises as ``evaluate``.
+        request's. While every worker is busy the request waits in the flow of
+        its ``label`` header. Raises as ``evaluate``.
         """
         if not self._started or self._closed:
             raise RuntimeError("the evaluator pool is not running")
         header = {**header, "max_stack": self.max_stack}
         entry_file = str(header.get("entry_file", ""))
-        label = str(header.get("label") or entry_file)
-        worker = await self._acquire()
+        label = str(header.get("label") or "")
+        flow = None if self._flow is None else self._flow(label)
+        label = label or entry_file
+        worker = await self._acquire(flow)
         self.evaluations += 1
         try:
             async with asyncio.timeout(self.timeout):
@@ -462,21 +505,51 @@ class EvaluatorPool:
     def _adopt(self, worker: _Worker) -> None:
         self._workers.add(worker)
         worker.monitor_task = asyncio.create_task(self._monitor(worker))
-        self._idle.put_nowait(worker)
+        self._dispatch(worker)
 
-    async def _acquire(self) -> _Worker:
-        while True:
-            worker = await self._idle.get()
-            if worker is None:
-                self._idle.put_nowait(None)
-                raise RuntimeError("the evaluator pool is closed")
-            if worker.alive:
+    def _dispatch(self, worker: _Worker) -> None:
+        """Hand a free live ``worker`` to the waiter of the next flow, or keep it idle."""
+        while self._waiters:
+            waiter = self._waiters.pop()
+            if not waiter.done():
                 worker.busy = True
-                return worker
+                waiter.set_result(worker)
+                return
+        self._idle.append(worker)
+
+    async def _acquire(self, flow: Hashable) -> _Worker:
+        """Take an idle worker, or wait in ``flow``'s queue until one is handed over.
+
+        Raises:
+            RuntimeError: the pool is closed (or was closed while waiting).
+        """
+        if self._closed:
+            raise RuntimeError("the evaluator pool is closed")
+        if not self._waiters:
+            while self._idle:
+                worker = self._idle.popleft()
+                if worker.alive:
+                    worker.busy = True
+                    return worker
+        waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+        self._waiters.push(flow, waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if not waiter.done() or waiter.cancelled():
+                self._waiters.remove(flow, waiter)
+            elif waiter.exception() is None:
+                self._release(waiter.result())  # handed a worker, then cancelled
+            raise
 
     def _release(self, worker: _Worker) -> None:
         worker.busy = False
-        self._idle.put_nowait(worker)
+        if self._closed or worker.retired:
+            return
+        if worker.process.returncode is not None:
+            self._retire(worker)  # died while nobody was reading from it
+            return
+        self._dispatch(worker)
 
     def _retire(self, worker: _Worker) -> None:
         """Kill ``worker`` (if still running) and start a replacement once."""
@@ -487,6 +560,8 @@ class EvaluatorPool:
         worker.kill()
         worker.writer.close()
         self._workers.discard(worker)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
         if not self._closed:
             task = asyncio.create_task(self._respawn())
             self._respawns.add(task)

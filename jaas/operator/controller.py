@@ -11,6 +11,10 @@ cluster-wide and keeps only objects in namespaces this shard owns. Triggers
   snippets listing a library whose ``sourceRef`` names it, when its artifact
   or readiness changes;
 * a JsonnetLibrary queues the snippets listing it on any change.
+
+The work queue is fair between namespaces (one flow per namespace): a namespace
+with many queued snippets delays another namespace's snippet by one reconcile
+per namespace ahead of it in the rotation, not by its whole backlog.
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ def _source_key(owner_namespace: str, ref: Any) -> SourceKey | None:
     return str(ref["kind"]), str(ref.get("namespace") or owner_namespace), str(ref["name"])
 
 
+def _namespace(key: Key) -> str:
+    """The work-queue flow of a snippet key: its namespace (the tenant)."""
+    return key[0]
+
+
 def snippet_needs_reconcile(event: Event) -> bool:
     """The snippet predicate: new, generation or requestedAt changed, or being deleted."""
     if event.type is EventType.ADDED:
@@ -96,7 +105,8 @@ class ShardController:
     """Runs the informers and reconcile workers of one shard.
 
     ``concurrency`` is the number of snippets reconciled at once (different
-    keys; one key is never reconciled twice at the same time).
+    keys; one key is never reconciled twice at the same time). Queued snippets
+    are handed to the workers round-robin by namespace (``WorkQueue`` flows).
     """
 
     def __init__(
@@ -112,7 +122,7 @@ class ShardController:
         self.assignment = assignment
         self.concurrency = concurrency
         self.sync_timeout = sync_timeout
-        self.queue: WorkQueue[Key] = WorkQueue()
+        self.queue: WorkQueue[Key] = WorkQueue(flow=_namespace)
         accept = self._accept
         self.snippets = Informer(
             client, resource_path(GROUP, VERSION, SNIPPET_PLURAL), self._on_snippet, accept=accept

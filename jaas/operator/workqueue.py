@@ -6,6 +6,14 @@ is never processed by two workers at once, and a key added while it is being
 processed runs again right after; ``add_after`` schedules a key for later
 (keeping the earliest time); ``backoff`` grows per key on consecutive failures
 until ``forget`` resets it.
+
+On top of that, waiting keys are queued fairly between *flows* (the operator's
+flow of a ``(namespace, name)`` key is its namespace): each flow has its own
+FIFO queue and ``get`` serves the flows with waiting keys round-robin, one key
+per flow per turn (``jaas.fairqueue``, after kube-apiserver's API Priority and
+Fairness). A namespace with a thousand queued snippets therefore delays another
+namespace's snippet by one key, not by a thousand. Without a ``flow`` function
+every key is in one flow and the queue is client-go's FIFO.
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
+
+from jaas.fairqueue import FairQueue
 
 K = TypeVar("K", bound=Hashable)
 
@@ -24,16 +34,30 @@ class ShutDown(Exception):
 
 
 class WorkQueue(Generic[K]):
-    """Keys waiting for a reconcile.
+    """Keys waiting for a reconcile, handed out fairly between flows.
 
-    ``base_delay`` and ``max_delay`` (seconds) bound the per-key exponential
-    failure backoff: ``base_delay * 2**failures``, capped, with ±10 % jitter.
+    Args:
+        base_delay: first failure backoff, seconds.
+        max_delay: cap of the failure backoff, seconds. The per-key exponential
+            backoff is ``base_delay * 2**failures``, capped, with ±10 % jitter
+            (client-go ``ItemExponentialFailureRateLimiter``).
+        flow: maps a key to its flow (any hashable, e.g. ``lambda key: key[0]``
+            for the namespace of a ``(namespace, name)`` key); it must return
+            the same flow for the same key every time. ``None`` puts every key
+            in one flow: first come, first served.
     """
 
-    def __init__(self, *, base_delay: float = 1.0, max_delay: float = 960.0) -> None:
+    def __init__(
+        self,
+        *,
+        base_delay: float = 1.0,
+        max_delay: float = 960.0,
+        flow: Callable[[K], Hashable] | None = None,
+    ) -> None:
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self._queue: deque[K] = deque()
+        self._flow = flow
+        self._queue: FairQueue[Hashable, K] = FairQueue()
         self._dirty: set[K] = set()
         self._processing: set[K] = set()
         self._failures: dict[K, int] = {}
@@ -47,6 +71,18 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         """Keys waiting (not counting those being processed or delayed)."""
         return len(self._queue)
+
+    def flow_of(self, key: K) -> Hashable:
+        """The flow ``key`` is queued in (``None`` when the queue has no ``flow`` function)."""
+        return None if self._flow is None else self._flow(key)
+
+    def depth(self, flow: Hashable) -> int:
+        """Keys of ``flow`` waiting (not counting those being processed or delayed)."""
+        return self._queue.depth(flow)
+
+    def flows(self) -> list[Hashable]:
+        """Flows with waiting keys, in the order ``get`` will serve them next."""
+        return self._queue.flows()
 
     @property
     def delayed(self) -> int:
@@ -68,7 +104,7 @@ class WorkQueue(Generic[K]):
         self._dirty.add(key)
         self.adds += 1
         if key not in self._processing:
-            self._queue.append(key)
+            self._queue.push(self.flow_of(key), key)
             self._notify()
 
     def add_after(self, key: K, delay: float) -> None:
@@ -124,6 +160,9 @@ class WorkQueue(Generic[K]):
     async def get(self) -> K:
         """Wait for the next key and mark it as being processed.
 
+        The key comes from the flow whose turn it is; that flow then goes to
+        the end of the rotation of flows with waiting keys.
+
         Raises:
             ShutDown: the queue was shut down.
         """
@@ -138,7 +177,7 @@ class WorkQueue(Generic[K]):
                 if waiter.done() and not waiter.cancelled():
                     self._notify()  # pass the wake-up on to another worker
                 raise
-        key = self._queue.popleft()
+        key = self._queue.pop()
         self._dirty.discard(key)
         self._processing.add(key)
         return key
@@ -148,7 +187,7 @@ class WorkQueue(Generic[K]):
         self._processing.discard(key)
         self.completions += 1
         if key in self._dirty and not self._shutdown:
-            self._queue.append(key)
+            self._queue.push(self.flow_of(key), key)
             self._notify()
 
     async def shutdown(self) -> None:

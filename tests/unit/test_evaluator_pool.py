@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from pathlib import Path
 
 import _gojsonnet
@@ -445,3 +445,101 @@ def test_a_shared_library_too_large_for_one_frame_is_refused_at_construction() -
     huge = {f"{'d' * 100}/{n}.libsonnet": b"" for n in range(170_000)}
     with pytest.raises(ValueError, match="shared library huge is too large"):
         EvaluatorPool(1, shared_libraries={"huge": huge})
+
+
+# About 30-60 ms of CPU: long enough to keep a worker busy while others queue.
+SLOWISH = b"std.foldl(function(a, b) a + b, std.range(1, 100000), 0)"
+
+
+def labelled(label: str, source: bytes) -> EvaluationRequest:
+    return EvaluationRequest("main.jsonnet", {"main.jsonnet": source}, label=label)
+
+
+async def completion_order(
+    pool: EvaluatorPool,
+    requests: list[EvaluationRequest],
+    queued: Callable[[], None] = lambda: None,
+) -> tuple[list[str], list[EvaluationResult | BaseException]]:
+    """Submit ``requests`` in order at once; return labels in completion order and outcomes.
+
+    Every request is queued in the same event-loop iteration, before any reply
+    can be read, so the order of completions is the order workers were handed
+    out, not a race. ``queued`` runs once all of them wait or are in flight.
+    """
+    completed: list[str] = []
+
+    async def one(request: EvaluationRequest) -> EvaluationResult:
+        try:
+            return await pool.evaluate(request)
+        finally:
+            completed.append(request.label)
+
+    tasks = [asyncio.create_task(one(r)) for r in requests]
+    await asyncio.sleep(0)  # every task has run up to its wait for a worker
+    queued()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    return completed, outcomes
+
+
+async def test_a_light_tenant_overtakes_a_heavy_tenants_backlog() -> None:
+    async with EvaluatorPool(1, timeout=30.0) as single:
+        requests = [labelled(f"heavy/s{n}", SLOWISH) for n in range(20)]
+        requests.append(labelled("light/x", b"{}"))
+        shapes: list[tuple[int, dict[Hashable, int]]] = []
+        completed, outcomes = await completion_order(
+            single, requests, lambda: shapes.append((single.busy, single.waiting_by_flow()))
+        )
+        assert shapes == [(1, {"heavy": 19, "light": 1})]
+        assert all(isinstance(o, EvaluationResult) for o in outcomes)
+        assert completed[0] == "heavy/s0"  # in flight before light/x arrived
+        assert "light/x" in completed[1:3]
+        assert single.waiting == 0
+
+
+async def test_without_flows_the_pool_is_first_come_first_served() -> None:
+    async with EvaluatorPool(1, timeout=30.0, flow=None) as fifo:
+        requests = [labelled(f"heavy/s{n}", SLOWISH) for n in range(5)]
+        requests.append(labelled("light/x", b"{}"))
+        completed, _ = await completion_order(fifo, requests)
+        assert completed == [r.label for r in requests]
+
+
+async def test_a_replacement_worker_goes_to_the_next_flow() -> None:
+    async with EvaluatorPool(1, timeout=1.0) as single:
+        requests = [labelled("heavy/endless", ENDLESS)]
+        requests += [labelled(f"heavy/s{n}", SLOWISH) for n in range(5)]
+        requests.append(labelled("light/x", b"{}"))
+        completed, outcomes = await completion_order(single, requests)
+        assert isinstance(outcomes[0], ReasonError)
+        assert outcomes[0].reason is Reason.EVALUATION_TIMEOUT
+        assert all(isinstance(o, EvaluationResult) for o in outcomes[1:])
+        assert single.restarts == 1
+        assert completed[0] == "heavy/endless"
+        assert "light/x" in completed[1:3]
+
+
+async def test_requests_without_a_label_share_one_flow() -> None:
+    async with EvaluatorPool(1, timeout=30.0) as single:
+        busy = asyncio.create_task(single.evaluate(labelled("heavy/s0", SLOWISH)))
+        unlabelled = [asyncio.create_task(single.evaluate(labelled("", b"1"))) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert single.waiting_by_flow() == {"": 3}
+        await asyncio.gather(busy, *unlabelled)
+
+
+async def test_a_cancelled_waiter_leaves_its_flow_and_the_others_are_served() -> None:
+    async with EvaluatorPool(1, timeout=30.0) as single:
+        busy = asyncio.create_task(single.evaluate(labelled("heavy/s0", SLOWISH)))
+        first = asyncio.create_task(single.evaluate(labelled("light/a", b"1")))
+        second = asyncio.create_task(single.evaluate(labelled("light/b", b"2")))
+        await asyncio.sleep(0)
+        assert single.waiting_by_flow() == {"light": 2}
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert single.waiting_by_flow() == {"light": 1}
+        assert (await second).rendered == b"2\n"
+        await busy
+        assert single.waiting == 0
+        assert single.idle == 1
+        assert single.evaluations == 2

@@ -63,3 +63,80 @@ async def test_shutdown_releases_waiting_workers_and_stops_handing_out_keys() ->
     await q.shutdown()
     with pytest.raises(ShutDown):
         await q.get()
+
+
+def namespace(key: tuple[str, str]) -> str:
+    return key[0]
+
+
+async def test_without_a_flow_function_the_queue_is_fifo() -> None:
+    q: WorkQueue[tuple[str, str]] = WorkQueue()
+    keys = [("a", "1"), ("b", "1"), ("a", "2"), ("a", "3"), ("b", "2")]
+    for key in keys:
+        q.add(key)
+    assert [await q.get() for _ in keys] == keys
+    assert q.flows() == []
+
+
+async def test_one_namespace_with_a_thousand_keys_delays_another_by_one_key() -> None:
+    q: WorkQueue[tuple[str, str]] = WorkQueue(flow=namespace)
+    for n in range(1000):
+        q.add(("heavy", f"s{n}"))
+    q.add(("light", "x"))
+    assert q.depth("heavy") == 1000
+    assert q.depth("light") == 1
+    handed_out = [await q.get(), await q.get()]
+    assert ("light", "x") in handed_out
+    assert q.depth("light") == 0
+    assert len(q) == 999
+
+
+async def test_flows_are_served_round_robin_and_fifo_within_a_flow() -> None:
+    q: WorkQueue[tuple[str, str]] = WorkQueue(flow=namespace)
+    for key in [("a", "1"), ("a", "2"), ("a", "3"), ("b", "1"), ("b", "2"), ("c", "1")]:
+        q.add(key)
+    assert q.flows() == ["a", "b", "c"]
+    order = [await q.get() for _ in range(6)]
+    assert order == [("a", "1"), ("b", "1"), ("c", "1"), ("a", "2"), ("b", "2"), ("a", "3")]
+
+
+async def test_fair_queue_still_deduplicates_waiting_keys_per_flow() -> None:
+    q: WorkQueue[tuple[str, str]] = WorkQueue(flow=namespace)
+    for _ in range(3):
+        q.add(("a", "1"))
+        q.add(("b", "1"))
+    assert len(q) == 2
+    assert q.depth("a") == 1
+    assert q.adds == 2
+    assert {await q.get(), await q.get()} == {("a", "1"), ("b", "1")}
+    assert len(q) == 0
+
+
+async def test_fair_queue_still_holds_a_key_added_while_processing_until_done() -> None:
+    q: WorkQueue[tuple[str, str]] = WorkQueue(flow=namespace)
+    q.add(("a", "1"))
+    key = await q.get()
+    q.add(("a", "1"))  # dirty while processing: not waiting yet
+    q.add(("b", "1"))
+    assert q.depth("a") == 0
+    assert await q.get() == ("b", "1")
+    q.add(("b", "2"))
+    waiter = asyncio.create_task(q.get())
+    assert await waiter == ("b", "2")
+    assert q.in_flight == 3
+    q.done(key)  # re-queued at the back of its flow, which rejoins the rotation
+    assert q.depth("a") == 1
+    assert await q.get() == ("a", "1")
+    assert q.completions == 1
+
+
+async def test_a_requeued_flow_waits_behind_flows_already_waiting() -> None:
+    q: WorkQueue[tuple[str, str]] = WorkQueue(flow=namespace)
+    q.add(("a", "1"))
+    key = await q.get()
+    q.add(("a", "1"))
+    q.add(("b", "1"))
+    q.add(("b", "2"))
+    q.done(key)
+    assert q.flows() == ["b", "a"]
+    assert [await q.get() for _ in range(3)] == [("b", "1"), ("a", "1"), ("b", "2")]
