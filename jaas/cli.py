@@ -15,7 +15,15 @@ from dataclasses import fields
 from pathlib import Path
 
 from jaas import __version__
-from jaas.options import OperatorOptions, duration_flag, parse_ext_vars, parse_quantity
+from jaas.api.models import format_duration
+from jaas.operator.ratelimit import parse_rate
+from jaas.options import (
+    OperatorOptions,
+    duration_flag,
+    format_quantity,
+    parse_ext_vars,
+    parse_quantity,
+)
 
 
 def _bool(text: str) -> bool:
@@ -25,6 +33,15 @@ def _bool(text: str) -> bool:
     if value in ("false", "0", "no"):
         return False
     raise ValueError(f"invalid boolean {text!r}")
+
+
+def _namespaces(text: str) -> list[str]:
+    return [ns.strip() for ns in text.split(",") if ns.strip()]
+
+
+def _rate(text: str) -> str:
+    parse_rate(text)
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -47,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reconcile JsonnetSnippets into Flux ExternalArtifacts",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    # Every default is the OperatorOptions default, shown in the flag's own syntax.
     d = OperatorOptions(storage_path="", storage_base_url="")
     op.add_argument(
         "--kubeconfig",
@@ -63,16 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument(
         "--evaluation-timeout",
         type=duration_flag,
-        default="5s",
+        default=format_duration(d.evaluation_timeout),
         help="wall-clock limit of one evaluation; the evaluator is killed at it",
     )
     op.add_argument(
         "--evaluation-memory-limit",
         type=parse_quantity,
-        default="2Gi",
+        default=format_quantity(d.evaluation_memory_limit),
         help="address-space limit (RLIMIT_AS) of an evaluator process; 0 disables",
     )
     op.add_argument("--max-stack", type=int, default=d.max_stack, help="Jsonnet call depth limit")
+    op.add_argument(
+        "--library-path",
+        dest="library_paths",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="directory whose subdirectories are shared libraries, imported by their names "
+        "(repeatable; the right-most wins for a name in several)",
+    )
     op.add_argument(
         "--storage-path", required=True, help="directory where published artifacts are stored"
     )
@@ -110,26 +137,57 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument(
         "--cache-max-bytes",
         type=parse_quantity,
-        default="1Gi",
+        default=format_quantity(d.cache_max_bytes),
         help="size bound of the artifact cache (LRU)",
     )
     op.add_argument(
         "--artifact-gc-grace",
         type=duration_flag,
-        default="5m",
+        default=format_duration(d.artifact_gc_grace),
         help="how long a revision outside spec.history stays downloadable after being superseded",
+    )
+    op.add_argument(
+        "--max-artifact-bytes",
+        type=parse_quantity,
+        default=format_quantity(d.max_artifact_bytes),
+        help="cap on a published artifact's content (ArtifactTooLarge above it); 0 disables",
     )
     op.add_argument(
         "--storage-sweep-interval",
         type=duration_flag,
-        default="10m",
+        default=format_duration(d.storage_sweep_interval),
         help="how often abandoned temporary files are removed from --storage-path; 0 disables",
+    )
+    op.add_argument(
+        "--artifact-allow-loopback",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=d.artifact_allow_loopback,
+        help="let artifact URLs point at loopback addresses (for tests on one machine)",
+    )
+    op.add_argument(
+        "--default-service-account",
+        default=d.default_service_account,
+        help="ServiceAccount a snippet acts as when it names none (unset: it must name one)",
     )
     op.add_argument(
         "--no-cross-namespace-refs",
         type=_bool,
-        default=True,
+        default=d.no_cross_namespace_refs,
         help="reject sourceRefs and libraries in other namespaces",
+    )
+    op.add_argument(
+        "--watch-namespaces",
+        type=_namespaces,
+        default=_namespaces(os.environ.get("JAAS_WATCH_NAMESPACES", "")),
+        help="comma-separated namespaces to watch (default $JAAS_WATCH_NAMESPACES; "
+        "empty: the whole cluster)",
+    )
+    op.add_argument(
+        "--label-selector",
+        default=d.label_selector,
+        help="reconcile only snippets (and see only libraries) matching this label selector",
     )
     op.add_argument(
         "--concurrent-reconciles",
@@ -138,17 +196,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="snippets reconciled at once per shard",
     )
     op.add_argument(
+        "--permanent-retry-interval",
+        type=duration_flag,
+        default=format_duration(d.permanent_retry_interval),
+        help="how often a snippet with a permanent failure (RBACDenied, InvalidSpec, ...) "
+        "is checked again",
+    )
+    op.add_argument(
+        "--rerender-rate",
+        type=_rate,
+        default=d.rerender_rate,
+        help="per-snippet re-render rate limit, N/period (s, min, hour); 0/s disables",
+    )
+    op.add_argument(
+        "--rerender-burst",
+        type=_positive_int,
+        default=d.rerender_burst,
+        help="per-snippet re-render burst",
+    )
+    op.add_argument(
+        "--max-withdraw-wait",
+        type=duration_flag,
+        default=format_duration(d.max_withdraw_wait),
+        help="how long a deleted snippet retries withdrawing its ExternalArtifact",
+    )
+    op.add_argument(
         "--ext-var",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="operator-wide external variable (repeatable; also JAAS_EXT_VAR_<KEY>)",
     )
-    op.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
-    op.add_argument("--log-format", choices=["json", "text"], default="json")
+    op.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default=d.log_level
+    )
+    op.add_argument("--log-format", choices=["json", "text"], default=d.log_format)
     op.add_argument(
         "--runtime-dir",
-        default=None,
+        default=d.runtime_dir,
         help="directory for the control socket and metrics files; unset: a new temp dir",
     )
 

@@ -38,6 +38,7 @@ from jaas.operator.publisher import external_artifact_path
 from jaas.testing.controlplane import ControlPlane, api_client_from_kubeconfig, default_crd_dirs
 from jaas.testing.flux import FluxPublisher, make_git_repo
 from jaas.testing.operator import OperatorProcess
+from jaas.testing.tenants import TENANT_SA, grant_tenant
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NAMESPACE = "jaas-demo"
@@ -123,7 +124,13 @@ async def demo(once: bool, workdir: Path) -> int:
     plane = await asyncio.to_thread(
         ControlPlane.start, workdir / "controlplane", default_crd_dirs()
     )
-    operator = OperatorProcess(plane.kubeconfig, workdir / "operator", shards=2)
+    # Artifacts are served on 127.0.0.1 here; snippets act as the namespace's tenant.
+    operator = OperatorProcess(
+        plane.kubeconfig,
+        workdir / "operator",
+        shards=2,
+        extra_args=["--artifact-allow-loopback", "--default-service-account", TENANT_SA],
+    )
     api = await api_client_from_kubeconfig(plane.kubeconfig)
     client = KubeClient(api)
     try:
@@ -134,6 +141,7 @@ async def demo(once: bool, workdir: Path) -> int:
         print("    " + ", ".join(f"{s['name']} (pid {s['pid']})" for s in shards))
         async with FluxPublisher() as flux:
             await client.create("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+            await grant_tenant(client, NAMESPACE)
             repo = workdir / "git-repo"
             files = {
                 str(p.relative_to(EXAMPLES / "git-repo")): p.read_bytes()

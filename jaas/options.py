@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaas import defaults
 from jaas.api.models import parse_duration
 
 _QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|k|K|M|G|T)?i?B?$")
@@ -67,30 +68,44 @@ def parse_ext_vars(flags: list[str], environ: dict[str, str]) -> dict[str, str]:
 
 @dataclass
 class OperatorOptions:
-    """Everything the leader and its shards need to know (durations in seconds, sizes in bytes)."""
+    """Everything the leader and its shards need to know (durations in seconds, sizes in bytes).
+
+    Field defaults come from ``jaas.defaults``; the CLI shows them from here.
+    """
 
     storage_path: str
     storage_base_url: str
     kubeconfig: str | None = None
     shards: int = field(default_factory=lambda: os.cpu_count() or 1)
     evaluators: int = field(default_factory=lambda: os.cpu_count() or 1)
-    evaluation_timeout: float = 5.0
-    evaluation_memory_limit: int = 2 * 1024**3
-    max_stack: int = 500
+    evaluation_timeout: float = defaults.EVALUATION_TIMEOUT
+    evaluation_memory_limit: int = defaults.EVALUATION_MEMORY_LIMIT
+    max_stack: int = defaults.MAX_STACK
     #: Artifacts are fetched by Flux controllers in other pods, so listen on every interface.
-    storage_listen_address: str = "0.0.0.0"
-    storage_port: int = 8082
-    management_listen_address: str = "127.0.0.1"
-    management_port: int = 8081
-    metrics_bind_address: str = ":8083"
+    storage_listen_address: str = defaults.STORAGE_LISTEN_ADDRESS
+    storage_port: int = defaults.STORAGE_PORT
+    management_listen_address: str = defaults.MANAGEMENT_LISTEN_ADDRESS
+    management_port: int = defaults.MANAGEMENT_PORT
+    metrics_bind_address: str = defaults.METRICS_BIND_ADDRESS
     cache_path: str = field(
         default_factory=lambda: os.path.join(tempfile.gettempdir(), "jaas-cache")
     )
-    cache_max_bytes: int = 1024**3
-    no_cross_namespace_refs: bool = True
-    concurrent_reconciles: int = 8
-    artifact_gc_grace: float = 300.0
-    storage_sweep_interval: float = 600.0
+    cache_max_bytes: int = defaults.CACHE_MAX_BYTES
+    no_cross_namespace_refs: bool = defaults.NO_CROSS_NAMESPACE_REFS
+    concurrent_reconciles: int = defaults.CONCURRENT_RECONCILES
+    permanent_retry_interval: float = defaults.PERMANENT_RETRY_INTERVAL
+    artifact_gc_grace: float = defaults.ARTIFACT_GC_GRACE
+    storage_sweep_interval: float = defaults.STORAGE_SWEEP_INTERVAL
+    max_artifact_bytes: int = defaults.MAX_ARTIFACT_BYTES
+    max_withdraw_wait: float = defaults.MAX_WITHDRAW_WAIT
+    rerender_rate: str = defaults.RERENDER_RATE
+    rerender_burst: int = defaults.RERENDER_BURST
+    default_service_account: str | None = None
+    #: Serve and fetch artifacts on loopback addresses (tests only; never on by default).
+    artifact_allow_loopback: bool = False
+    watch_namespaces: list[str] = field(default_factory=list)
+    label_selector: str = ""
+    library_paths: list[str] = field(default_factory=list)
     ext_vars: dict[str, str] = field(default_factory=dict)
     log_level: str = "info"
     log_format: str = "json"
@@ -104,6 +119,15 @@ class OperatorOptions:
     def from_json(cls, doc: dict[str, Any]) -> OperatorOptions:
         """Rebuild options from ``to_json`` output."""
         return cls(**doc)
+
+
+def format_quantity(size: int) -> str:
+    """Bytes as the shortest exact Kubernetes quantity: ``2Gi``, ``512Mi``, ``1000``."""
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        factor = _FACTORS[unit]
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 def duration_flag(text: str) -> float:

@@ -115,6 +115,40 @@ def parse_duration(text: str) -> float:
     return sign * total
 
 
+def format_duration(seconds: float) -> str:
+    """Format seconds as Go's ``time.Duration.String`` does: ``5s``, ``1.5s``, ``1m30s``, ``250ms``.
+
+    JaaS builds messages and flag defaults from Go durations, so ours read the same.
+    """
+    ns = round(seconds * 1e9)
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    if ns < 1_000:
+        return f"{sign}{ns}ns"
+    if ns < 1_000_000:
+        return f"{sign}{_decimal(ns, 1_000)}µs"
+    if ns < 1_000_000_000:
+        return f"{sign}{_decimal(ns, 1_000_000)}ms"
+    hours, ns = divmod(ns, 3_600_000_000_000)
+    minutes, ns = divmod(ns, 60_000_000_000)
+    text = f"{_decimal(ns, 1_000_000_000)}s"
+    if hours:
+        return f"{sign}{hours}h{minutes}m{text}"
+    if minutes:
+        return f"{sign}{minutes}m{text}"
+    return sign + text
+
+
+def _decimal(value: int, unit: int) -> str:
+    whole, fraction = divmod(value, unit)
+    if not fraction:
+        return str(whole)
+    digits = len(str(unit)) - 1
+    return f"{whole}.{str(fraction).zfill(digits).rstrip('0')}"
+
+
 def _invalid(message: str) -> ReasonError:
     return ReasonError(Reason.INVALID_SPEC, message)
 

@@ -82,6 +82,27 @@ SOURCE_FETCHES = Counter(
     ["result"],
 )
 
+TOKEN_MINTS = Counter(
+    "jaas_tenant_token_mints_total",
+    "TokenRequest tokens minted for tenant ServiceAccounts, by namespace.",
+    ["namespace"],
+)
+TOKEN_MINT_FAILURES = Counter(
+    "jaas_tenant_token_mint_failures_total",
+    "TokenRequests that failed, by namespace and ServiceAccount.",
+    ["namespace", "serviceAccount"],
+)
+RATE_LIMITED = Counter(
+    "jaas_snippet_rate_limited_total",
+    "Reconciles deferred by the per-snippet re-render rate limit.",
+    ["namespace", "name"],
+)
+FORCE_DROPS = Counter(
+    "jaas_snippet_force_drop_total",
+    "Finalizers dropped before the withdraw finished, by why.",
+    ["namespace", "name", "reason"],
+)
+
 
 def mark_process_dead(pid: int) -> None:
     """Drop the live gauges of a dead child (``livesum`` semantics)."""

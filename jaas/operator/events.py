@@ -8,14 +8,13 @@ failure is logged and never fails a reconcile.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-
-from jaas.operator.kube import KubeApiError, KubeClient
+from jaas.operator.kube import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +65,8 @@ class EventRecorder:
         }
         try:
             await self.client.create(f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", event)
-        except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as err:
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # best effort: an Event never fails a reconcile
             self.failures += 1
             log.warning("could not record event %s: %s", reason, err)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -66,7 +66,9 @@ class Informer:
     ``path`` is the collection path (e.g. ``/apis/jaas.metio.wtf/v1/jsonnetsnippets``);
     ``handler`` is called synchronously on the event loop for every change;
     ``accept`` filters which objects are stored at all (e.g. a shard's
-    namespaces). ``page_size`` is the LIST page size, ``watch_timeout`` the
+    namespaces); ``params`` are added to every LIST and WATCH (e.g.
+    ``labelSelector``, applied by the API server). ``page_size`` is the LIST
+    page size, ``watch_timeout`` the
     server-side watch duration (seconds; each watch asks for a random value
     between it and twice it, as client-go does, so watches do not renew in
     lockstep), ``read_timeout`` the longest silence tolerated on a watch before
@@ -81,6 +83,7 @@ class Informer:
         handler: Handler,
         *,
         accept: Filter | None = None,
+        params: Mapping[str, str] | None = None,
         page_size: int = 500,
         watch_timeout: int = 300,
         read_timeout: float | None = None,
@@ -90,6 +93,8 @@ class Informer:
         self.path = path
         self.handler = handler
         self.accept = accept or (lambda _obj: True)
+        #: Extra LIST/WATCH parameters applied server-side (``labelSelector``).
+        self.params = dict(params or {})
         self.page_size = page_size
         self.watch_timeout = watch_timeout
         self.read_timeout = read_timeout if read_timeout is not None else 2 * watch_timeout + 60
@@ -142,7 +147,7 @@ class Informer:
         cont: str | None = None
         while True:
             page = await self.client.request(
-                "GET", self.path, params={"limit": self.page_size, "continue": cont}
+                "GET", self.path, params={**self.params, "limit": self.page_size, "continue": cont}
             )
             for obj in page.get("items") or []:
                 items[object_key(obj)] = obj
@@ -160,6 +165,7 @@ class Informer:
 
     async def _watch(self) -> None:
         params = {
+            **self.params,
             "watch": True,
             "resourceVersion": self.resource_version,
             "allowWatchBookmarks": True,
@@ -200,7 +206,7 @@ class Informer:
                     need_list = True
                     continue
                 self.stats["errors"] += 1
-                if err.not_found and need_list and not self.synced.is_set():
+                if err.resource_not_served and need_list and not self.synced.is_set():
                     # The resource type is not served (e.g. Flux is not installed
                     # yet): count as synced and empty, and keep trying, so the
                     # watch engages by itself once the CRD appears.

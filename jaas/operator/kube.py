@@ -10,12 +10,14 @@ resource paths (``/apis/<group>/<version>/namespaces/<ns>/<plural>/<name>``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -38,19 +40,50 @@ class KubeApiError(Exception):
 
     ``status`` is the HTTP status, ``reason`` the ``Status.reason`` of the body
     (``NotFound``, ``Conflict``, ``Forbidden``, ``Invalid``, ``Expired``...),
-    ``message`` its ``Status.message``.
+    ``message`` its ``Status.message``. ``verb`` and ``resource`` say what was
+    asked (``get``, ``gitrepositories.source.toolkit.fluxcd.io``), ``identity``
+    who asked (``None``: the operator itself), for messages that tell a user
+    which permission is missing.
     """
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        *,
+        verb: str = "",
+        resource: str = "",
+        identity: str | None = None,
+        served: bool = True,
+    ) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.verb = verb
+        self.resource = resource
+        self.identity = identity
+        self.served = served
 
     @property
     def not_found(self) -> bool:
-        """True for 404 NotFound."""
-        return self.status == 404
+        """True for 404 NotFound of an object (the resource type is served)."""
+        return self.status == 404 and self.served
+
+    @property
+    def resource_not_served(self) -> bool:
+        """True when the API server does not serve the resource type at all (CRD missing).
+
+        The API server answers such a path with a plain-text 404, not a
+        ``Status`` object (controller-runtime reports it as a NoMatch error).
+        """
+        return self.status == 404 and not self.served
+
+    @property
+    def unauthorized(self) -> bool:
+        """True for 401: the credentials were not accepted (e.g. an expired token)."""
+        return self.status == 401
 
     @property
     def conflict(self) -> bool:
@@ -66,23 +99,66 @@ class KubeApiError(Exception):
     def permanent(self) -> bool:
         """True for errors a retry cannot fix (RBAC, missing kind, invalid request).
 
-        The classification follows metio/jaas ``internal/operator/reconciler.go``:
-        Forbidden, NotFound of a whole resource type, Invalid, BadRequest and
-        MethodNotSupported.
+        The classification follows metio/jaas ``internal/operator/reconciler.go``
+        (``isPermanentAPIError``): Forbidden, a resource type that is not
+        served (NoMatch), Invalid, BadRequest and MethodNotSupported.
         """
-        return self.status in (400, 403, 405, 422)
+        return self.status in (400, 403, 405, 422) or self.resource_not_served
 
 
-def _error_from(status: int, body: bytes) -> KubeApiError:
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def describe_request(method: str, path: str) -> tuple[str, str]:
+    """The Kubernetes verb and resource of a request, for messages.
+
+    ``("GET", "/apis/source.toolkit.fluxcd.io/v1/namespaces/a/gitrepositories/r")``
+    gives ``("get", "gitrepositories.source.toolkit.fluxcd.io")``; a
+    subresource is appended (``externalartifacts.source.toolkit.fluxcd.io/status``);
+    a GET of a collection is ``list``, with ``watch=true`` ``watch``.
+    """
+    bare, _, query = path.partition("?")
+    parts = [p for p in bare.split("/") if p]
+    if parts[:1] == ["api"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"]:
+        group, rest = (parts[1] if len(parts) > 1 else ""), parts[3:]
+    else:
+        return _VERBS.get(method, method.lower()), bare
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]
+    plural = rest[0] if rest else ""
+    resource = f"{plural}.{group}" if group else plural
+    if len(rest) >= 3:
+        resource += "/" + rest[2]
+    verb = _VERBS.get(method, method.lower())
+    if method == "GET" and len(rest) == 1:
+        verb = "watch" if "watch=true" in query else "list"
+    return verb, resource
+
+
+def _error_from(
+    status: int, body: bytes, *, method: str, path: str, identity: str | None
+) -> KubeApiError:
     try:
-        doc = orjson.loads(body) if body else {}
+        doc = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
-        doc = {}
+        doc = None
+    served = isinstance(doc, dict) and doc.get("kind") == "Status"
     if not isinstance(doc, dict):
         doc = {}
     reason = str(doc.get("reason") or HTTPStatus(status).phrase.replace(" ", ""))
-    message = str(doc.get("message") or body[:200].decode("utf-8", "replace"))
-    return KubeApiError(status, reason, message)
+    message = str(doc.get("message") or body[:200].decode("utf-8", "replace").strip())
+    verb, resource = describe_request(method, path)
+    return KubeApiError(
+        status,
+        reason,
+        message,
+        verb=verb,
+        resource=resource,
+        identity=identity,
+        served=served or status != 404,
+    )
 
 
 def resource_path(
@@ -105,11 +181,87 @@ def resource_path(
     return base
 
 
+class Credentials(Protocol):
+    """A per-request identity: the bearer token a request is sent with.
+
+    ``jaas.operator.tenancy.ServiceAccountCredentials`` is the implementation
+    (TokenRequest tokens of a tenant's ServiceAccount).
+    """
+
+    @property
+    def name(self) -> str:
+        """Who the requests are made as, for messages (``ServiceAccount team-a/deployer``)."""
+        ...
+
+    async def authorization(self) -> str:
+        """The ``Authorization`` header value (``Bearer <token>``).
+
+        Raises:
+            Exception: whatever obtaining the token raises (the caller maps it).
+        """
+        ...
+
+    def invalidate(self, authorization: str) -> None:
+        """Forget ``authorization`` after the API server answered 401 to it."""
+        ...
+
+
+class _AnonymousSession:
+    """One aiohttp session that carries no client certificate, shared by every identity view.
+
+    A client certificate would authenticate the connection before any bearer
+    token is looked at (kube-apiserver tries x509 first), so requests made as
+    a tenant must not share the operator's certificate-bearing connections:
+    this is client-go's ``AnonymousClientConfig`` plus the tenant's token, as
+    metio/jaas ``internal/operator/clientcache.go`` builds it. TLS
+    verification is always on for it.
+    """
+
+    def __init__(self, configuration: Configuration, pool_size: int) -> None:
+        self._configuration = configuration
+        self._pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            config = self._configuration
+            context: ssl.SSLContext | bool = False
+            if str(config.host).startswith("https"):
+                context = ssl.create_default_context(cafile=config.ssl_ca_cert)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._pool_size, ssl=context),
+                trust_env=False,
+                read_bufsize=2**21,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 @dataclass
 class KubeClient:
-    """JSON requests against one API server identity, sharing the ApiClient's session."""
+    """JSON requests against one API server, as the operator or as another identity.
+
+    ``with_credentials`` returns a view that sends every request with those
+    credentials instead of the operator's; all views share the connection
+    pools (the operator's, and one without a client certificate for every
+    other identity), so a thousand tenants cost no more connections than one.
+    A view retries a request once with fresh credentials when the API server
+    answers 401 (metio/jaas ``internal/operator/authretry.go``: a ServiceAccount
+    that was deleted and recreated invalidates its tokens).
+    """
 
     api: ApiClient
+    credentials: Credentials | None = None
+    _anonymous: _AnonymousSession | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._anonymous is None:
+            pool = int(self.configuration.connection_pool_maxsize or 64)
+            self._anonymous = _AnonymousSession(self.configuration, pool)
 
     @property
     def configuration(self) -> Configuration:
@@ -117,11 +269,23 @@ class KubeClient:
         config: Configuration = self.api.configuration
         return config
 
+    @property
+    def identity(self) -> str | None:
+        """Who requests are made as (``None``: the operator's own identity)."""
+        return None if self.credentials is None else self.credentials.name
+
+    def with_credentials(self, credentials: Credentials) -> KubeClient:
+        """A view of this client that makes every request with ``credentials``."""
+        return dataclasses.replace(self, credentials=credentials)
+
     async def _headers(self, content_type: str | None, accept: str = JSON) -> dict[str, str]:
         headers: dict[str, str] = {"Accept": accept, "User-Agent": "jaas-py"}
         if content_type:
             headers["Content-Type"] = content_type
-        await self.api.update_params_for_auth(headers, [], ["BearerToken"])
+        if self.credentials is not None:
+            headers["Authorization"] = await self.credentials.authorization()
+        else:
+            await self.api.update_params_for_auth(headers, [], ["BearerToken"])
         return headers
 
     def _url(self, path: str, params: Mapping[str, Any] | None) -> str:
@@ -134,6 +298,8 @@ class KubeClient:
 
     @property
     def _session(self) -> aiohttp.ClientSession:
+        if self.credentials is not None and self._anonymous is not None:
+            return self._anonymous.get()
         session: aiohttp.ClientSession = self.api.rest_client.pool_manager
         return session
 
@@ -154,22 +320,30 @@ class KubeClient:
         Raises:
             KubeApiError: the server answered with a non-2xx status.
             aiohttp.ClientError, TimeoutError: the request did not complete.
+            Exception: whatever the credentials raise when asked for a token.
         """
         data = None
         if body is not None:
             data = body if isinstance(body, bytes) else orjson.dumps(body)
-        headers = await self._headers(content_type if data is not None else None)
-        async with self._session.request(
-            method,
-            self._url(path, params),
-            data=data,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=request_timeout),
-        ) as resp:
-            raw = await resp.read()
-            if not 200 <= resp.status < 300:
-                raise _error_from(resp.status, raw)
-            return orjson.loads(raw) if raw else None
+        url = self._url(path, params)
+        for attempt in (1, 2):
+            headers = await self._headers(content_type if data is not None else None)
+            async with self._session.request(
+                method,
+                url,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=request_timeout),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+            if 200 <= status < 300:
+                return orjson.loads(raw) if raw else None
+            if status == 401 and self.credentials is not None and attempt == 1:
+                self.credentials.invalidate(headers["Authorization"])
+                continue
+            raise _error_from(status, raw, method=method, path=path, identity=self.identity)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def get(self, path: str, **params: Any) -> Any:
         """GET ``path`` (see ``request``)."""
@@ -209,11 +383,19 @@ class KubeClient:
             self._url(path, params), headers=headers, timeout=timeout
         ) as resp:
             if resp.status != 200:
-                raise _error_from(resp.status, await resp.read())
+                raise _error_from(
+                    resp.status,
+                    await resp.read(),
+                    method="GET",
+                    path=path + "?watch=true",
+                    identity=self.identity,
+                )
             yield resp
 
     async def close(self) -> None:
-        """Close the underlying ApiClient and its connection pool."""
+        """Close the connection pools (of this client and of all its views)."""
+        if self._anonymous is not None:
+            await self._anonymous.close()
         await self.api.close()
 
 

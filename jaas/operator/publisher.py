@@ -14,6 +14,7 @@ artifact.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,17 +33,18 @@ from jaas.api.constants import (
     SNIPPET_KIND,
 )
 from jaas.operator.kube import KubeApiError, KubeClient, Obj, resource_path
+from jaas.storage.local import Pruned, Stored
 from jaas.storage.package import Package
 
 
 class Store(Protocol):
     """What the publisher needs of ``jaas.storage.local.LocalStore`` (blocking calls)."""
 
-    def put(self, namespace: str, name: str, package: Package) -> str:
-        """Store the package; return its path relative to the storage root."""
+    def put(self, namespace: str, name: str, package: Package) -> Stored:
+        """Store the package (never rewriting a stored revision); say what is served."""
         ...
 
-    def prune(self, namespace: str, name: str, keep: set[str], *, grace: float = 0.0) -> Any:
+    def prune(self, namespace: str, name: str, keep: set[str], *, grace: float = 0.0) -> Pruned:
         """Delete revisions not in ``keep`` once superseded for ``grace`` seconds."""
         ...
 
@@ -74,6 +76,18 @@ class Artifact:
         }
 
 
+@dataclass(frozen=True)
+class Published:
+    """A publish: the artifact now advertised, and when the next stored revision expires.
+
+    ``prune_in``: seconds until a revision outside the keep-set reaches its GC
+    grace (``None``: none is waiting), so the caller can come back then.
+    """
+
+    artifact: Artifact
+    prune_in: float | None
+
+
 def external_artifact_path(namespace: str, name: str | None = None) -> str:
     """API path of an ExternalArtifact (or of the namespace's collection)."""
     return resource_path(
@@ -87,7 +101,14 @@ def desired_source_ref(name: str) -> dict[str, str]:
 
 
 class Publisher:
-    """Stores artifacts and maintains ExternalArtifacts for one API identity.
+    """Stores artifacts and maintains ExternalArtifacts.
+
+    Every ExternalArtifact write goes through the ``client`` passed to the
+    call: the tenant's view in the reconciler, so the tenant needs create and
+    patch on ``externalartifacts`` and patch on ``externalartifacts/status``
+    (``deploy/rbac/tenant-role.yaml``). What the ExternalArtifact looks like
+    now is taken from ``cached`` (the operator's watch cache), which saves a
+    GET per publish and lets an unchanged artifact cost no API call at all.
 
     ``base_url`` is ``--storage-base-url``; artifact URLs are
     ``<base_url>/<namespace>/<name>/sha256-<hex>.tar.gz``. Revisions outside
@@ -98,69 +119,75 @@ class Publisher:
 
     def __init__(
         self,
-        client: KubeClient,
         store: Store,
         base_url: str,
         *,
-        gc_grace: float = 300.0,
-        cached: Callable[[str, str], Obj | None] | None = None,
+        gc_grace: float,
+        cached: Callable[[str, str], Obj | None] = lambda _ns, _name: None,
     ) -> None:
-        self.client = client
         self.store = store
         self.base_url = base_url.rstrip("/")
         self.gc_grace = gc_grace
-        #: Informer lookup of ExternalArtifacts: a miss means "create first" and saves a GET.
         self.cached = cached
 
     async def publish(
-        self, namespace: str, name: str, package: Package, keep: set[str]
-    ) -> Artifact:
+        self, client: KubeClient, namespace: str, name: str, package: Package, keep: set[str]
+    ) -> Published:
         """Store ``package``, upsert the ExternalArtifact, prune to ``keep`` (file names).
 
         Raises:
             KubeApiError: the ExternalArtifact could not be written.
             OSError: the store could not be written.
         """
-        path = await asyncio.to_thread(self.store.put, namespace, name, package)
+        stored = await asyncio.to_thread(self.store.put, namespace, name, package)
         artifact = Artifact(
-            url=f"{self.base_url}/{path}",
-            path=path,
+            url=f"{self.base_url}/{stored.path}",
+            path=stored.path,
             revision=package.revision,
-            digest=package.digest,
-            size=package.size,
+            digest=stored.digest,
+            size=stored.size,
             last_update_time=now_rfc3339(),
         )
-        artifact = await self.upsert_external_artifact(namespace, name, artifact)
-        await asyncio.to_thread(
-            functools.partial(
-                self.store.prune, namespace, name, keep | {package.file_name}, grace=self.gc_grace
-            )
+        artifact = await self.upsert_external_artifact(client, namespace, name, artifact)
+        pruned = await self.prune(namespace, name, keep | {package.file_name})
+        return Published(artifact, pruned)
+
+    async def prune(self, namespace: str, name: str, keep: set[str]) -> float | None:
+        """Delete stored revisions outside ``keep`` past their grace; seconds until the next.
+
+        An empty ``keep`` prunes nothing.
+
+        Raises:
+            OSError: a file could not be deleted.
+        """
+        pruned = await asyncio.to_thread(
+            functools.partial(self.store.prune, namespace, name, keep, grace=self.gc_grace)
         )
-        return artifact
+        return pruned.next_in
 
     async def upsert_external_artifact(
-        self, namespace: str, name: str, artifact: Artifact
+        self, client: KubeClient, namespace: str, name: str, artifact: Artifact
     ) -> Artifact:
         """Create or update the ExternalArtifact and its status; return the artifact as written.
 
         An unchanged artifact keeps its ``lastUpdateTime`` and causes no write.
+
+        Raises:
+            KubeApiError: a write was refused.
         """
         path = external_artifact_path(namespace, name)
-        ea: Obj
-        if self.cached is not None and self.cached(namespace, name) is None:
-            ea = await self._create(namespace, name)
-        else:
+        ea = self.cached(namespace, name)
+        if ea is None:
+            ea = await self._create(client, namespace, name)
+        elif (ea.get("spec") or {}).get("sourceRef") != desired_source_ref(name):
             try:
-                ea = await self.client.get(path)
+                ea = await client.merge_patch(
+                    path, {"spec": {"sourceRef": desired_source_ref(name)}}
+                )
             except KubeApiError as err:
                 if not err.not_found:
                     raise
-                ea = await self._create(namespace, name)
-        spec_ref = (ea.get("spec") or {}).get("sourceRef")
-        if spec_ref != desired_source_ref(name):
-            ea = await self.client.merge_patch(
-                path, {"spec": {"sourceRef": desired_source_ref(name)}}
-            )
+                ea = await self._create(client, namespace, name)  # deleted behind the cache
         status = ea.get("status") or {}
         current = status.get("artifact") or {}
         ready = find_condition(status.get("conditions"), READY)
@@ -168,13 +195,8 @@ class Publisher:
             current.get(k) == v for k, v in artifact.to_api().items() if k != "lastUpdateTime"
         )
         if same and current.get("lastUpdateTime"):
-            artifact = Artifact(
-                artifact.url,
-                artifact.path,
-                artifact.revision,
-                artifact.digest,
-                artifact.size,
-                str(current["lastUpdateTime"]),
+            artifact = dataclasses.replace(
+                artifact, last_update_time=str(current["lastUpdateTime"])
             )
             if ready is not None and ready.get("status") == "True":
                 return artifact
@@ -190,10 +212,17 @@ class Publisher:
         patch: Obj = {"status": {"artifact": artifact.to_api(), "conditions": conditions}}
         if isinstance(generation, int):
             patch["status"]["observedGeneration"] = generation
-        await self.client.merge_patch(path + "/status", patch)
+        try:
+            await client.merge_patch(path + "/status", patch)
+        except KubeApiError as err:
+            if not err.not_found or self.cached(namespace, name) is None:
+                raise
+            # Deleted behind the cache: create it again and write its status.
+            await self._create(client, namespace, name)
+            await client.merge_patch(path + "/status", patch)
         return artifact
 
-    async def _create(self, namespace: str, name: str) -> Obj:
+    async def _create(self, client: KubeClient, namespace: str, name: str) -> Obj:
         body = {
             "apiVersion": FLUX_SOURCE_API_VERSION,
             "kind": EXTERNAL_ARTIFACT_KIND,
@@ -201,23 +230,37 @@ class Publisher:
             "spec": {"sourceRef": desired_source_ref(name)},
         }
         try:
-            created: Obj = await self.client.create(external_artifact_path(namespace), body)
+            created: Obj = await client.create(external_artifact_path(namespace), body)
             return created
         except KubeApiError as err:
             if not err.conflict:
                 raise
-            existing: Obj = await self.client.get(external_artifact_path(namespace, name))
-            return existing
+        # It exists although the cache has not seen it yet: set its spec blindly
+        # (a merge patch needs no read, so no get permission either).
+        patched: Obj = await client.merge_patch(
+            external_artifact_path(namespace, name),
+            {"spec": {"sourceRef": desired_source_ref(name)}},
+        )
+        return patched
 
-    async def withdraw(self, namespace: str, name: str) -> None:
-        """Delete the ExternalArtifact (absent is fine) and every stored revision.
+    async def withdraw_external_artifact(
+        self, client: KubeClient, namespace: str, name: str
+    ) -> None:
+        """Delete the ExternalArtifact; one that is already gone is fine.
 
         Raises:
-            KubeApiError: the ExternalArtifact could not be deleted.
+            KubeApiError: the deletion was refused or failed.
         """
         try:
-            await self.client.delete(external_artifact_path(namespace, name))
+            await client.delete(external_artifact_path(namespace, name))
         except KubeApiError as err:
             if not err.not_found:
                 raise
+
+    async def delete_stored(self, namespace: str, name: str) -> None:
+        """Delete every stored revision of the snippet (needs no API access).
+
+        Raises:
+            OSError: the files could not be removed.
+        """
         await asyncio.to_thread(self.store.delete, namespace, name)

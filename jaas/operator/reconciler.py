@@ -1,14 +1,38 @@
-"""The per-snippet reconcile pipeline.
+"""The per-snippet reconcile pipeline: one named stage per step, each with its span.
 
-One call of ``SnippetReconciler.reconcile`` takes a snippet from its cached
-object to a published artifact and a written status. The order of checks, and
-so the precedence of Ready reasons, follows metio/jaas
-``internal/operator/reconciler.go`` (reconcileSpec): deletion → finalizer →
-spec → suspend → external-variable conflicts → library aliases → source →
-entry file → libraries → evaluate → package → generation re-check → publish →
-status. A failure writes ``Ready=False`` with its reason and never touches the
-last good artifact or ExternalArtifact; permanent failures are re-checked every
-``permanent_retry`` seconds, transient ones retried with per-key backoff.
+``SnippetReconciler.reconcile(key)`` takes a snippet from its cached object to
+a published artifact and a written status, and either returns a ``Result``
+or raises: a ``ReasonError`` after the ``fail`` stage wrote ``Ready=False``
+(``transient`` says whether to back off or re-check later), anything else for
+a failure that wrote nothing (an API or network error). It never decides
+when to retry: the controller does (``jaas.operator.controller``).
+
+The stages, in the order that fixes the precedence of Ready reasons (metio/jaas
+``internal/operator/reconciler.go`` reconcileSpec):
+
+1. ``validate``: the spec parses (``InvalidSpec``); then, unless suspended,
+   the ServiceAccount is known (``ServiceAccountMissing``), no external
+   variable redefines the operator's (``ExternalVariableConflict``), library
+   aliases are safe, unique and do not shadow shared ones (``InvalidSpec``),
+   and no dependency cycle leads back to the snippet (``DependencyCycle``);
+2. ``suspend`` when ``spec.suspend`` (``Suspended``; stored revisions past
+   their grace are still pruned);
+3. the per-snippet re-render rate limit (a deferral, no status change);
+4. ``identity``: a token of the tenant's ServiceAccount (``ServiceAccountMissing``,
+   ``RBACDenied``);
+5. ``resolve source`` and 6. ``resolve libraries``, read as the tenant
+   (``CrossNamespaceRefRejected``, ``SourceNotReady``, ``SourceFetchFailed``,
+   ``LibraryNotFound``, ``RBACDenied``, ``InvalidSpec``);
+7. ``evaluate`` in an evaluator process (``EvaluationFailed``, ``EvaluationTimeout``);
+8. ``package`` (``ArtifactTooLarge``, ``InvalidSpec``);
+9. ``commit``: re-read the snippet (a newer generation wins), publish as the
+   tenant (``RBACDenied``), write ``Synced``;
+10. ``fail`` on any reason above: ``Ready=False`` with the reason and a
+    message naming what failed; the last good artifact stays published.
+
+Deletion runs ``finalize`` instead: withdraw the ExternalArtifact as the
+tenant and delete every stored file, giving up after ``max_withdraw_wait``
+or on a permanent error with a ``WithdrawForced`` Warning event.
 """
 
 from __future__ import annotations
@@ -19,6 +43,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -26,10 +51,13 @@ from opentelemetry import trace
 
 from jaas.api.conditions import find_condition, now_rfc3339, set_condition
 from jaas.api.constants import (
+    EXTERNAL_ARTIFACT_KIND,
     FINALIZER,
     GROUP,
+    LIBRARY_KIND,
     READY,
     REQUESTED_AT_ANNOTATION,
+    SNIPPET_KIND,
     SNIPPET_PLURAL,
     VERSION,
 )
@@ -37,12 +65,17 @@ from jaas.api.models import JsonnetVariable, SnippetSpec, parse_snippet_spec
 from jaas.api.reasons import Reason, ReasonError
 from jaas.evaluator.request import EvaluationRequest, EvaluationResult
 from jaas.observability import metrics
+from jaas.operator.cycles import find_cycle
+from jaas.operator.denials import denied
 from jaas.operator.events import EventRecorder
+from jaas.operator.informer import Key
 from jaas.operator.kube import KubeApiError, KubeClient, Obj, resource_path
-from jaas.operator.libraries import LibraryGetter, check_aliases, resolve_libraries
+from jaas.operator.libraries import check_aliases, library_path, resolve_libraries
 from jaas.operator.publisher import Publisher
-from jaas.operator.sourcing import Fetcher, SourceGetter, resolve_source
-from jaas.storage.package import package_rendered, package_sources
+from jaas.operator.ratelimit import RateLimiter
+from jaas.operator.sourcing import Fetcher, ResolvedSource, resolve_source
+from jaas.operator.tenancy import TokenCache, service_account_of, tenant_client
+from jaas.storage.package import Package, package_rendered, package_sources
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("jaas")
@@ -56,30 +89,52 @@ class Evaluator(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the queue should do next with the key.
+class Objects(Protocol):
+    """What the reconciler reads from the shard's watch cache."""
 
-    ``requeue_after``: reconcile again after that many seconds (interval,
-    permanent-failure re-check). ``backoff``: a transient failure; retry with
-    the key's exponential backoff.
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """The cached object, or ``None``."""
+        ...
+
+    def authoritative(self, kind: str, namespace: str) -> bool:
+        """Whether a miss in ``namespace`` means the object does not exist."""
+        ...
+
+
+@dataclass(frozen=True)
+class Result:
+    """How a reconcile ended without a failure.
+
+    ``reason`` names it for metrics and logs (a Ready reason, or ``RateLimited``,
+    ``GenerationChanged``, ``Deleted``, ``Gone``); ``ready`` is the Ready status
+    written (``None``: none was); ``requeue_after`` asks for another reconcile
+    after that many seconds (``spec.interval``, a rate-limit wait, the next
+    stored revision reaching its GC grace).
     """
 
+    reason: str
+    ready: bool | None = None
     requeue_after: float | None = None
-    backoff: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReconcilerOptions:
-    """Behaviour switches of the pipeline (mirroring ``jaas operator`` flags)."""
+    """Behaviour switches of the pipeline (``jaas operator`` flags; no defaults here)."""
 
-    shard: str = "shard-0"
-    no_cross_namespace_refs: bool = True
-    max_stack: int = 500
+    shard: str
+    no_cross_namespace_refs: bool
+    max_stack: int
     #: Process-level external variables (``--ext-var``): always strings, not overridable.
-    operator_ext_vars: Mapping[str, str] = field(default_factory=dict)
-    #: Seconds between re-checks of a permanent failure (JaaS: one minute).
-    permanent_retry: float = 60.0
+    operator_ext_vars: Mapping[str, str]
+    default_service_account: str | None
+    #: Aliases of the ``--library-path`` libraries a snippet alias may not shadow.
+    shared_library_aliases: frozenset[str]
+    #: ``--max-artifact-bytes``; 0 disables the operator cap (consumer caps always apply).
+    max_artifact_bytes: int
+    #: ``--max-withdraw-wait``: seconds after deletion started that a withdraw is retried.
+    max_withdraw_wait: float
+    #: Called with every library object read, so the trigger index learns its sourceRef.
+    observe_library: Callable[[Obj], None] = field(default=lambda _obj: None)
 
 
 def snippet_path(namespace: str, name: str, subresource: str | None = None) -> str:
@@ -107,6 +162,15 @@ def updated_history(
     return [{"revision": revision, "time": now}, *rest][:limit]
 
 
+def keep_set(history: list[dict[str, Any]]) -> set[str]:
+    """Store file names of the revisions in ``status.history``."""
+    return {
+        file_name_of(h["revision"])
+        for h in history
+        if isinstance(h, dict) and isinstance(h.get("revision"), str)
+    }
+
+
 #: Longest condition message written (metav1.Condition allows 32768 characters;
 #: a status that stays readable in ``kubectl describe`` is far shorter).
 MAX_MESSAGE = 4096
@@ -130,44 +194,62 @@ def jitter(seconds: float, fraction: float = 0.05) -> float:
     return seconds * random.uniform(1 - fraction, 1 + fraction)
 
 
+def _sooner(*delays: float | None) -> float | None:
+    present = [d for d in delays if d is not None]
+    return min(present) if present else None
+
+
+def _age(timestamp: str) -> float:
+    """Seconds since an RFC 3339 ``metav1.Time``."""
+    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    return time.time() - then
+
+
 class SnippetReconciler:
     """Reconciles one snippet at a time; the controller serialises calls per key.
 
-    ``get_snippet`` returns the informer's cached object (synchronously);
-    ``get_source`` / ``get_library`` look up referenced objects (cache or API).
+    Dependencies are passed in whole (nothing reaches back into the controller):
+    ``client`` is the operator's identity (snippet status, finalizer, the cycle
+    walk); ``tokens`` mint the tenant identities every other call is made with.
     """
 
     def __init__(
         self,
         client: KubeClient,
         *,
-        get_snippet: Callable[[str, str], Obj | None],
-        get_source: SourceGetter,
-        get_library: LibraryGetter,
+        objects: Objects,
+        tokens: TokenCache,
         fetcher: Fetcher,
         evaluator: Evaluator,
         publisher: Publisher,
         recorder: EventRecorder,
+        limiter: RateLimiter,
         options: ReconcilerOptions,
     ) -> None:
         self.client = client
-        self.get_snippet = get_snippet
-        self.get_source = get_source
-        self.get_library = get_library
+        self.objects = objects
+        self.tokens = tokens
         self.fetcher = fetcher
         self.evaluator = evaluator
         self.publisher = publisher
         self.recorder = recorder
+        self.limiter = limiter
         self.options = options
         self._background: set[asyncio.Task[None]] = set()
 
-    async def reconcile(self, namespace: str, name: str) -> Outcome:
-        """Bring one snippet to its desired state; never raises for user input."""
-        obj = self.get_snippet(namespace, name)
+    async def reconcile(self, key: Key) -> Result:
+        """Bring snippet ``key`` (namespace, name) to its desired state.
+
+        Raises:
+            ReasonError: a failure, already written as ``Ready=False``.
+            KubeApiError, aiohttp.ClientError, OSError, TimeoutError: a
+                transient failure that wrote nothing.
+        """
+        namespace, name = key
+        obj = self.objects.get(SNIPPET_KIND, namespace, name)
         if obj is None:
-            return Outcome()
+            return Result("Gone")
         meta = obj.get("metadata") or {}
-        started = time.perf_counter()
         with tracer.start_as_current_span(
             "JsonnetSnippet.Reconcile",
             attributes={
@@ -179,163 +261,432 @@ class SnippetReconciler:
         ) as span:
             try:
                 if meta.get("deletionTimestamp"):
-                    return await self._finalize(obj)
-                fresh = False
-                if FINALIZER not in (meta.get("finalizers") or []):
-                    obj = await self._add_finalizer(obj)
-                    fresh = True
-                outcome, reason = await self._reconcile_spec(obj, fresh=fresh)
-            except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as err:
-                if isinstance(err, KubeApiError) and err.not_found:
-                    return Outcome()  # deleted meanwhile
-                log.warning(
-                    "reconcile of %s/%s failed, will retry: %r",
-                    namespace,
-                    name,
-                    err,
-                    extra={"namespace": namespace, "snippet": name},
-                )
-                span.set_status(trace.StatusCode.ERROR, repr(err))
-                return Outcome(backoff=True)
-            span.set_attribute("jaas.reason", reason)
-            metrics.RECONCILE_SECONDS.labels(self.options.shard, reason).observe(
-                time.perf_counter() - started
-            )
-            return outcome
+                    result = await self.finalize(obj)
+                else:
+                    result = await self._reconcile_spec(obj)
+            except ReasonError as err:
+                span.set_attribute("jaas.reason", err.reason.value)
+                span.set_attribute("jaas.transient", err.transient)
+                span.set_status(trace.StatusCode.ERROR, err.message[:200])
+                raise
+            except KubeApiError as err:
+                if err.not_found and err.resource.startswith(SNIPPET_PLURAL + "."):
+                    return Result("Gone")  # the snippet was deleted meanwhile
+                span.set_status(trace.StatusCode.ERROR, str(err)[:200])
+                raise
+            span.set_attribute("jaas.reason", result.reason)
+            return result
 
-    async def _reconcile_spec(self, obj: Obj, *, fresh: bool) -> tuple[Outcome, str]:
-        """Run the pipeline on ``obj`` (``fresh``: just read from the API, not the cache)."""
-        meta = obj["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        generation = int(meta.get("generation") or 0)
+    async def _reconcile_spec(self, obj: Obj) -> Result:
+        fresh = False
+        if FINALIZER not in (obj["metadata"].get("finalizers") or []):
+            obj = await self._add_finalizer(obj)
+            fresh = True
         try:
+            spec = await self.validate(obj)
+            if spec.suspend:
+                return await self.suspend(obj)
+            wait = self.limiter.reserve(_key(obj))
+            if wait > 0:
+                return self._rate_limited(obj, wait)
+            tenant = await self.identity(obj, spec)
+            source = await self.resolve_source(obj, spec, tenant)
+            libraries = await self.resolve_libraries(obj, spec, tenant)
+            result = await self.evaluate(obj, spec, source, libraries)
+            package = await self.package(spec, source, result)
+            return await self.commit(obj, spec, tenant, source, result, package, fresh=fresh)
+        except ReasonError as err:
+            await self.fail(obj, err)
+            raise
+
+    # --- stages -----------------------------------------------------------------------
+
+    async def validate(self, obj: Obj) -> SnippetSpec:
+        """Check everything that needs no tenant access; return the parsed spec.
+
+        Raises:
+            ReasonError: ``InvalidSpec``, ``ServiceAccountMissing``,
+                ``ExternalVariableConflict``, ``DependencyCycle``, or
+                ``RBACDenied`` / ``SourceFetchFailed`` when the cycle walk
+                cannot read what it needs.
+        """
+        with tracer.start_as_current_span("snippet.validate"):
             spec = parse_snippet_spec(obj.get("spec") or {})
             if spec.suspend:
-                await self._write_status(
-                    obj,
-                    Reason.SUSPENDED,
-                    "spec.suspend is true; pause until the operator unsets it",
+                return spec
+            service_account_of(
+                obj["metadata"]["namespace"],
+                spec.service_account_name,
+                self.options.default_service_account,
+            )
+            clashes = sorted(
+                v.name for v in spec.external_variables if v.name in self.options.operator_ext_vars
+            )
+            if clashes:
+                raise ReasonError(
+                    Reason.EXTERNAL_VARIABLE_CONFLICT,
+                    "spec.externalVariables may not redefine the operator's external "
+                    "variables (--ext-var, JAAS_EXT_VAR_*): " + ", ".join(clashes),
                 )
-                return Outcome(), Reason.SUSPENDED
-            self._check_external_variables(spec)
-            check_aliases(spec.libraries)
-            with tracer.start_as_current_span("snippet.resolveSource") as span:
-                span.set_attribute("jaas.source.mode", "sourceRef" if spec.source_ref else "inline")
-                resolved = await resolve_source(
-                    namespace,
-                    spec.files,
-                    spec.source_ref,
-                    get_source=self.get_source,
-                    fetcher=self.fetcher,
-                    no_cross_namespace_refs=self.options.no_cross_namespace_refs,
-                )
-                span.set_attribute("jaas.source.fileCount", len(resolved.files))
+            check_aliases(spec.libraries, self.options.shared_library_aliases)
+            await self._check_cycles(obj, spec)
+            return spec
+
+    async def _check_cycles(self, obj: Obj, spec: SnippetSpec) -> None:
+        has_edge = bool(spec.libraries) or (
+            spec.source_ref is not None and spec.source_ref.kind == EXTERNAL_ARTIFACT_KIND
+        )
+        if not has_edge:
+            return
+        try:
+            cycle = await find_cycle(
+                obj, get_snippet=self._lookup_snippet, get_library=self._lookup_library
+            )
+        except KubeApiError as err:
+            if err.permanent:
+                raise denied("validate (dependency-cycle walk)", err) from err
+            raise ReasonError(
+                Reason.SOURCE_FETCH_FAILED,
+                f"validate: the dependency-cycle walk could not complete: {err}",
+                transient=True,
+            ) from err
+        if cycle is not None:
+            raise ReasonError(
+                Reason.DEPENDENCY_CYCLE,
+                f"spec.sourceRef chain forms a cycle: {cycle}; nothing is published until "
+                "one of its snippets stops depending on the next",
+            )
+
+    async def _lookup(self, kind: str, path: str, namespace: str, name: str) -> Obj | None:
+        if self.objects.authoritative(kind, namespace):
+            return self.objects.get(kind, namespace, name)
+        try:
+            found: Obj = await self.client.get(path)
+            return found
+        except KubeApiError as err:
+            if err.not_found:
+                return None
+            raise
+
+    async def _lookup_snippet(self, namespace: str, name: str) -> Obj | None:
+        return await self._lookup(SNIPPET_KIND, snippet_path(namespace, name), namespace, name)
+
+    async def _lookup_library(self, namespace: str, name: str) -> Obj | None:
+        return await self._lookup(LIBRARY_KIND, library_path(namespace, name), namespace, name)
+
+    async def suspend(self, obj: Obj) -> Result:
+        """``Suspended``: keep the artifact, but still prune revisions past their grace."""
+        with tracer.start_as_current_span("snippet.suspend"):
+            meta = obj["metadata"]
+            history = list((obj.get("status") or {}).get("history") or [])
+            prune_in = await self.publisher.prune(
+                meta["namespace"], meta["name"], keep_set(history)
+            )
+            await self._write_status(
+                obj, Reason.SUSPENDED, "spec.suspend is true; pause until the operator unsets it"
+            )
+            return Result(Reason.SUSPENDED.value, ready=False, requeue_after=prune_in)
+
+    def _rate_limited(self, obj: Obj, wait: float) -> Result:
+        meta = obj["metadata"]
+        metrics.RATE_LIMITED.labels(meta["namespace"], meta["name"]).inc()
+        self._in_background(
+            self.recorder.record(
+                obj,
+                type_="Warning",
+                reason="RateLimited",
+                note=f"reconcile deferred for {wait:.1f}s by the per-snippet re-render rate "
+                "limit (--rerender-rate/--rerender-burst)",
+                action="RateLimited",
+            )
+        )
+        return Result("RateLimited", requeue_after=wait)
+
+    async def identity(self, obj: Obj, spec: SnippetSpec) -> KubeClient:
+        """A view of the client acting as the snippet's ServiceAccount, its token minted.
+
+        Raises:
+            ReasonError: ``ServiceAccountMissing`` or ``RBACDenied``.
+        """
+        with tracer.start_as_current_span("snippet.identity"):
+            namespace, sa = service_account_of(
+                obj["metadata"]["namespace"],
+                spec.service_account_name,
+                self.options.default_service_account,
+            )
+            return await tenant_client(self.client, self.tokens, namespace, sa)
+
+    async def resolve_source(
+        self, obj: Obj, spec: SnippetSpec, tenant: KubeClient
+    ) -> ResolvedSource:
+        """The snippet's files (inline, or its source's artifact read as the tenant).
+
+        Raises:
+            ReasonError: see ``jaas.operator.sourcing.resolve_source``; and
+                ``InvalidSpec`` when the entry file is not among the files.
+        """
+        with tracer.start_as_current_span("snippet.resolveSource") as span:
+            span.set_attribute("jaas.source.mode", "sourceRef" if spec.source_ref else "inline")
+            resolved = await resolve_source(
+                obj["metadata"]["namespace"],
+                spec.files,
+                spec.source_ref,
+                reader=tenant,
+                fetcher=self.fetcher,
+                no_cross_namespace_refs=self.options.no_cross_namespace_refs,
+            )
+            span.set_attribute("jaas.source.fileCount", len(resolved.files))
             if spec.entry_file not in resolved.files:
                 names = sorted(resolved.files)
                 shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
                 raise ReasonError(
                     Reason.INVALID_SPEC,
-                    f"entry file {spec.entry_file!r} is not among the {len(names)} files of "
-                    f"{resolved.origin}: {shown}",
+                    f"resolve source: entry file {spec.entry_file!r} is not among the "
+                    f"{len(names)} files of {resolved.origin}: {shown}",
                 )
-            with tracer.start_as_current_span("snippet.resolveLibraries") as span:
-                libraries = await resolve_libraries(
-                    namespace,
-                    spec.libraries,
-                    get_library=self.get_library,
-                    get_source=self.get_source,
-                    fetcher=self.fetcher,
-                    no_cross_namespace_refs=self.options.no_cross_namespace_refs,
+            return resolved
+
+    async def resolve_libraries(
+        self, obj: Obj, spec: SnippetSpec, tenant: KubeClient
+    ) -> dict[str, dict[str, bytes]]:
+        """``{alias: files}`` of ``spec.libraries``, read as the tenant.
+
+        Raises:
+            ReasonError: see ``jaas.operator.libraries.resolve_libraries``.
+        """
+        with tracer.start_as_current_span("snippet.resolveLibraries") as span:
+            libraries = await resolve_libraries(
+                obj["metadata"]["namespace"],
+                spec.libraries,
+                reader=tenant,
+                fetcher=self.fetcher,
+                no_cross_namespace_refs=self.options.no_cross_namespace_refs,
+                observe=self.options.observe_library,
+            )
+            span.set_attribute("jaas.library.count", len(libraries))
+            return libraries
+
+    async def evaluate(
+        self,
+        obj: Obj,
+        spec: SnippetSpec,
+        source: ResolvedSource,
+        libraries: dict[str, dict[str, bytes]],
+    ) -> EvaluationResult:
+        """Evaluate the entry file in an evaluator process.
+
+        Raises:
+            ReasonError: ``EvaluationFailed`` or ``EvaluationTimeout``.
+        """
+        meta = obj["metadata"]
+        with tracer.start_as_current_span("snippet.evaluate") as span:
+            span.set_attribute("jaas.source.fileCount", len(source.files))
+            span.set_attribute("jaas.library.count", len(libraries))
+            operator_vars = tuple(
+                JsonnetVariable(name=k, value=v)
+                for k, v in sorted(self.options.operator_ext_vars.items())
+            )
+            result = await self.evaluator.evaluate(
+                EvaluationRequest(
+                    entry_file=spec.entry_file,
+                    files=source.files,
+                    tlas=spec.tlas,
+                    external_variables=operator_vars + spec.external_variables,
+                    libraries=libraries,
+                    max_stack=self.options.max_stack,
+                    label=f"{meta['namespace']}/{meta['name']}",
                 )
-                span.set_attribute("jaas.library.count", len(libraries))
-            with tracer.start_as_current_span("snippet.evaluate") as span:
-                result = await self.evaluator.evaluate(
-                    EvaluationRequest(
-                        entry_file=spec.entry_file,
-                        files=resolved.files,
-                        tlas=spec.tlas,
-                        external_variables=self._external_variables(spec),
-                        libraries=libraries,
-                        max_stack=self.options.max_stack,
-                        label=f"{namespace}/{name}",
-                    )
-                )
-                span.set_attribute("jaas.eval.renderedBytes", len(result.rendered))
+            )
+            span.set_attribute("jaas.eval.renderedBytes", len(result.rendered))
+            return result
+
+    async def package(
+        self, spec: SnippetSpec, source: ResolvedSource, result: EvaluationResult
+    ) -> Package:
+        """The deterministic tarball of ``rendered.json`` or of the source files.
+
+        Raises:
+            ReasonError: ``ArtifactTooLarge``, or ``InvalidSpec`` for a source
+                file name consumers would drop (``output: source``).
+        """
+        with tracer.start_as_current_span("snippet.package") as span:
+            cap = self.options.max_artifact_bytes or None
             if spec.output == "rendered":
-                package = await asyncio.to_thread(package_rendered, result.rendered)
+                package = await asyncio.to_thread(
+                    package_rendered, result.rendered, max_artifact_bytes=cap
+                )
             else:
-                package = await asyncio.to_thread(package_sources, resolved.files)
-            with tracer.start_as_current_span("snippet.publish") as span:
-                # The keep-set and the generation check need the API's view, not the
-                # cache's (metio/jaas reads through its uncached reader here).
-                current: Obj = (
-                    obj if fresh else await self.client.get(snippet_path(namespace, name))
+                package = await asyncio.to_thread(
+                    package_sources, source.files, max_artifact_bytes=cap
                 )
-                if int(current["metadata"].get("generation") or 0) != generation:
-                    return Outcome(), "GenerationChanged"  # the newer generation is queued
-                status = current.get("status") or {}
-                history = updated_history(
-                    list(status.get("history") or []), package.revision, spec.history, now_rfc3339()
+            span.set_attribute("jaas.package.bytes", package.size)
+            return package
+
+    async def commit(
+        self,
+        obj: Obj,
+        spec: SnippetSpec,
+        tenant: KubeClient,
+        source: ResolvedSource,
+        result: EvaluationResult,
+        package: Package,
+        *,
+        fresh: bool,
+    ) -> Result:
+        """Publish as the tenant and write ``Synced``, unless a newer generation arrived.
+
+        Raises:
+            ReasonError: ``RBACDenied`` when the tenant may not write its
+                ExternalArtifact (nothing is written to the status then but
+                that reason).
+        """
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        generation = int(meta.get("generation") or 0)
+        with tracer.start_as_current_span("snippet.publish") as span:
+            # The keep-set and the generation check need the API's view, not the
+            # cache's (metio/jaas reads through its uncached reader here).
+            current: Obj = obj if fresh else await self.client.get(snippet_path(namespace, name))
+            if int(current["metadata"].get("generation") or 0) != generation:
+                return Result("GenerationChanged")  # the newer generation is queued
+            status = current.get("status") or {}
+            history = updated_history(
+                list(status.get("history") or []), package.revision, spec.history, now_rfc3339()
+            )
+            try:
+                published = await self.publisher.publish(
+                    tenant, namespace, name, package, keep_set(history)
                 )
-                keep = {file_name_of(h["revision"]) for h in history}
-                artifact = await self.publisher.publish(namespace, name, package, keep)
-                span.set_attribute("jaas.publish.revision", artifact.revision)
-                span.set_attribute("jaas.publish.retainCount", len(keep))
-            message = f"Rendered {len(result.rendered)} bytes from {len(resolved.files)} files"
-            await self._write_status(
-                current,
-                Reason.SYNCED,
-                message,
-                extra={
-                    "revision": artifact.revision,
-                    "artifactURL": artifact.url,
-                    "lastSyncTime": now_rfc3339(),
-                    "history": history,
+            except KubeApiError as err:
+                if err.permanent:
+                    raise denied(
+                        "publish", err, what=f"ExternalArtifact {namespace}/{name}"
+                    ) from err
+                raise
+            artifact = published.artifact
+            span.set_attribute("jaas.publish.revision", artifact.revision)
+            span.set_attribute("jaas.publish.retainCount", len(history))
+        message = f"Rendered {len(result.rendered)} bytes from {len(source.files)} files"
+        await self._write_status(
+            current,
+            Reason.SYNCED,
+            message,
+            extra={
+                "revision": artifact.revision,
+                "artifactURL": artifact.url,
+                "lastSyncTime": now_rfc3339(),
+                "history": history,
+            },
+        )
+        metrics.RENDERED_BYTES.labels(self.options.shard).observe(len(result.rendered))
+        log.info(
+            "rendered %s/%s: %s (%s)",
+            namespace,
+            name,
+            artifact.revision,
+            message,
+            extra={"namespace": namespace, "snippet": name, "shard": self.options.shard},
+        )
+        interval = jitter(spec.interval) if spec.interval else None
+        return Result(
+            Reason.SYNCED.value, ready=True, requeue_after=_sooner(interval, published.prune_in)
+        )
+
+    async def fail(self, obj: Obj, err: ReasonError) -> None:
+        """Write ``Ready=False`` with the failure's reason; the published artifact stays."""
+        with tracer.start_as_current_span("snippet.fail") as span:
+            span.set_attribute("jaas.reason", err.reason.value)
+            await self._write_status(obj, err.reason, err.message)
+
+    # --- deletion ---------------------------------------------------------------------
+
+    async def finalize(self, obj: Obj) -> Result:
+        """Withdraw the ExternalArtifact as the tenant, delete the stored files, drop the finalizer.
+
+        A withdraw that fails transiently is retried (raise) until
+        ``max_withdraw_wait`` after the deletion started; a permanent failure
+        (the ServiceAccount is gone, RBAC refuses the delete) or the timeout
+        force-drops the finalizer with a ``WithdrawForced`` Warning event
+        (metio/jaas ``reconcileDelete``); the stored files are deleted in
+        every case.
+        """
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        finalizers = list(meta.get("finalizers") or [])
+        if FINALIZER not in finalizers:
+            return Result("Deleted")
+        with tracer.start_as_current_span("snippet.withdraw"):
+            forced = await self._withdraw(obj)
+            await self.publisher.delete_stored(namespace, name)
+            finalizers.remove(FINALIZER)
+            await self.client.merge_patch(
+                snippet_path(namespace, name),
+                {
+                    "metadata": {
+                        "finalizers": finalizers,
+                        "resourceVersion": meta["resourceVersion"],
+                    }
                 },
             )
-            metrics.RENDERED_BYTES.labels(self.options.shard).observe(len(result.rendered))
-            log.info(
-                "rendered %s/%s: %s (%s)",
+        self.limiter.forget((namespace, name))
+        if forced is not None:
+            why, failure = forced
+            metrics.FORCE_DROPS.labels(namespace, name, why).inc()
+            self._in_background(
+                self.recorder.record(
+                    obj,
+                    type_="Warning",
+                    reason="WithdrawForced",
+                    note=f"finalizer dropped without deleting the ExternalArtifact "
+                    f"({why}); its stored artifacts were deleted: {failure}",
+                    action="Withdraw",
+                )
+            )
+            log.warning(
+                "withdraw of %s/%s forced (%s): %s",
                 namespace,
                 name,
-                artifact.revision,
-                message,
-                extra={"namespace": namespace, "snippet": name, "shard": self.options.shard},
+                why,
+                failure,
+                extra={"namespace": namespace, "snippet": name},
             )
-            return Outcome(requeue_after=jitter(spec.interval) if spec.interval else None), (
-                Reason.SYNCED
+        return Result("Deleted")
+
+    async def _withdraw(self, obj: Obj) -> tuple[str, str] | None:
+        """Delete the ExternalArtifact; ``(why, message)`` when the withdraw is given up."""
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        spec = obj.get("spec") or {}
+        sa = spec.get("serviceAccountName") if isinstance(spec, dict) else None
+        try:
+            tenant_ns, tenant_sa = service_account_of(
+                namespace, sa if isinstance(sa, str) else None, self.options.default_service_account
             )
+            tenant = await tenant_client(self.client, self.tokens, tenant_ns, tenant_sa)
         except ReasonError as err:
-            await self._write_status(obj, err.reason, err.message)
-            trace.get_current_span().set_attribute("jaas.transient", err.transient)
-            if err.transient:
-                return Outcome(backoff=True), err.reason
-            return Outcome(requeue_after=self.options.permanent_retry), err.reason
+            await self.fail(obj, err)
+            return "tenant_client_permanent", err.message
+        except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as err:
+            return self._withdraw_retry(obj, "tenant_client_timeout", err)
+        try:
+            await self.publisher.withdraw_external_artifact(tenant, namespace, name)
         except KubeApiError as err:
-            if not err.permanent:
-                raise
-            await self._write_status(
-                obj, Reason.RBAC_DENIED, f"the API server refused a request: {err}"
-            )
-            return Outcome(requeue_after=self.options.permanent_retry), Reason.RBAC_DENIED
+            if err.permanent or err.unauthorized:
+                failure = denied("withdraw", err, what=f"ExternalArtifact {namespace}/{name}")
+                await self.fail(obj, failure)
+                return "withdraw_permanent", failure.message
+            return self._withdraw_retry(obj, "withdraw_timed_out", err)
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            return self._withdraw_retry(obj, "withdraw_timed_out", err)
+        return None
 
-    def _check_external_variables(self, spec: SnippetSpec) -> None:
-        clashes = sorted(
-            v.name for v in spec.external_variables if v.name in self.options.operator_ext_vars
-        )
-        if clashes:
-            raise ReasonError(
-                Reason.EXTERNAL_VARIABLE_CONFLICT,
-                "spec.externalVariables may not redefine the operator's external variables: "
-                + ", ".join(clashes),
-            )
+    def _withdraw_retry(self, obj: Obj, why: str, err: Exception) -> tuple[str, str]:
+        started = str(obj["metadata"].get("deletionTimestamp") or "")
+        if started and _age(started) >= self.options.max_withdraw_wait:
+            return why, f"gave up after --max-withdraw-wait: {err}"
+        raise err
 
-    def _external_variables(self, spec: SnippetSpec) -> tuple[JsonnetVariable, ...]:
-        operator = tuple(
-            JsonnetVariable(name=k, value=v)
-            for k, v in sorted(self.options.operator_ext_vars.items())
-        )
-        return operator + spec.external_variables
+    # --- status -----------------------------------------------------------------------
 
     async def _write_status(
         self, obj: Obj, reason: Reason, message: str, *, extra: Mapping[str, Any] | None = None
@@ -365,9 +716,6 @@ class SnippetReconciler:
             patch["lastHandledReconcileAt"] = requested_at
         if extra:
             patch.update(extra)
-        metrics.RECONCILE_TOTAL.labels(
-            namespace, name, "True" if ok else "False", reason.value, self.options.shard
-        ).inc()
         unchanged = all(
             status.get(k) == v for k, v in patch.items() if k not in ("conditions", "lastSyncTime")
         ) and _same_conditions(status.get("conditions"), conditions)
@@ -390,6 +738,11 @@ class SnippetReconciler:
                 )
             )
 
+    async def flush_events(self) -> None:
+        """Wait for the Events being recorded in the background (on shutdown, in tests)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     def _in_background(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._background.add(task)
@@ -404,38 +757,10 @@ class SnippetReconciler:
         )
         return patched
 
-    async def _finalize(self, obj: Obj) -> Outcome:
-        meta = obj["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        finalizers = list(meta.get("finalizers") or [])
-        if FINALIZER not in finalizers:
-            return Outcome()
-        try:
-            await self.publisher.withdraw(namespace, name)
-        except KubeApiError as err:
-            if not err.permanent:
-                raise
-            log.warning(
-                "could not delete ExternalArtifact %s/%s (%s); dropping the finalizer anyway",
-                namespace,
-                name,
-                err,
-            )
-            self._in_background(
-                self.recorder.record(
-                    obj,
-                    type_="Warning",
-                    reason="WithdrawForced",
-                    note=f"ExternalArtifact could not be deleted: {err}",
-                    action="Withdraw",
-                )
-            )
-        finalizers.remove(FINALIZER)
-        await self.client.merge_patch(
-            snippet_path(namespace, name),
-            {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}},
-        )
-        return Outcome()
+
+def _key(obj: Obj) -> Key:
+    meta = obj["metadata"]
+    return str(meta["namespace"]), str(meta["name"])
 
 
 def _same_conditions(before: Any, after: list[dict[str, Any]]) -> bool:

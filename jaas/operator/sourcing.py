@@ -3,26 +3,45 @@
 For a ``sourceRef`` the steps and error reasons follow metio/jaas
 ``internal/sources/sources.go`` and ``internal/operator/reconciler.go``:
 cross-namespace references are refused before any API call
-(``CrossNamespaceRefRejected``); the source object must exist (else a
-transient ``SourceFetchFailed``), have ``Ready=True`` and a
+(``CrossNamespaceRefRejected``); the source object is read **as the tenant**
+(a refusal is ``RBACDenied``, a missing object a transient
+``SourceFetchFailed``); it must have ``Ready=True`` and a
 ``status.artifact.url`` (else a transient ``SourceNotReady``); the artifact is
 downloaded, its sha256 digest checked and the tarball extracted with the
 fetcher's caps (``SourceFetchFailed``); an empty result is ``InvalidSpec``.
+
+When the reference reaches into another namespace (cross-namespace
+references on), every failure keeps its reason but gets one constant message
+that says nothing about the other namespace (JaaS
+``scrubbedCrossNamespaceMessage``): NotFound, Forbidden, a bad digest and an
+unreachable server all read the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from jaas.api.conditions import is_ready
+from jaas.api.constants import FLUX_SOURCE_API_VERSION, SOURCE_KIND_PLURALS
 from jaas.api.models import SourceRef
 from jaas.api.reasons import Reason, ReasonError
-from jaas.operator.kube import Obj
+from jaas.operator.denials import denied
+from jaas.operator.kube import KubeApiError, Obj, resource_path
 
-#: Looks up a Flux source object: ``(kind, namespace, name) -> object or None``.
-SourceGetter = Callable[[str, str, str], Awaitable[Obj | None]]
+
+class Reader(Protocol):
+    """What sourcing needs of a ``KubeClient`` (a tenant's view)."""
+
+    @property
+    def identity(self) -> str | None:
+        """Who reads (for messages)."""
+        ...
+
+    async def get(self, path: str) -> Obj:  # pragma: no cover - protocol
+        """GET an object; raises ``KubeApiError``."""
+        ...
 
 
 class Fetcher(Protocol):
@@ -59,9 +78,24 @@ def check_namespace(
     if no_cross_namespace_refs and ref_namespace != owner_namespace:
         raise ReasonError(
             Reason.CROSS_NAMESPACE_REF_REJECTED,
-            f"{what} is in namespace {ref_namespace!r}, but cross-namespace references are "
-            f"disabled (--no-cross-namespace-refs); it must be in {owner_namespace!r}",
+            f"{what} points at namespace {ref_namespace!r}, but cross-namespace references "
+            f"are disabled (--no-cross-namespace-refs); it must be in {owner_namespace!r}",
         )
+
+
+def source_path(ref: SourceRef, namespace: str) -> str:
+    """API path of the object a ``sourceRef`` names (its ``apiVersion`` honoured)."""
+    api_version = ref.api_version or FLUX_SOURCE_API_VERSION
+    group, _, version = api_version.rpartition("/")
+    return resource_path(group, version, SOURCE_KIND_PLURALS[ref.kind], namespace, ref.name)
+
+
+def unreachable_message(stage: str, kind: str, namespace: str, name: str, who: str) -> str:
+    """The constant message of any failure that reaches into another namespace."""
+    return (
+        f"{stage}: cross-namespace {kind} {name!r} in namespace {namespace!r} is not reachable "
+        f"as {who}; it needs get on {kind} there, and the {kind} must be Ready"
+    )
 
 
 async def resolve_source(
@@ -69,9 +103,10 @@ async def resolve_source(
     inline_files: Mapping[str, str],
     source_ref: SourceRef | None,
     *,
-    get_source: SourceGetter,
+    reader: Reader,
     fetcher: Fetcher,
     no_cross_namespace_refs: bool,
+    stage: str = "resolve source",
 ) -> ResolvedSource:
     """Return the files of inline ``files`` or of the artifact ``source_ref`` points at.
 
@@ -86,28 +121,73 @@ async def resolve_source(
     namespace = source_ref.namespace_or(owner_namespace)
     ident = f"{source_ref.kind} {namespace}/{source_ref.name}"
     check_namespace(
-        namespace, owner_namespace, ident, no_cross_namespace_refs=no_cross_namespace_refs
+        namespace,
+        owner_namespace,
+        f"{stage}: {ident}",
+        no_cross_namespace_refs=no_cross_namespace_refs,
     )
-    obj = await get_source(source_ref.kind, namespace, source_ref.name)
-    if obj is None:
-        raise ReasonError(Reason.SOURCE_FETCH_FAILED, f"{ident} not found", transient=True)
+    try:
+        return await _fetch(
+            source_ref, namespace, ident, reader=reader, fetcher=fetcher, stage=stage
+        )
+    except ReasonError as err:
+        if namespace == owner_namespace:
+            raise
+        who = reader.identity or "the operator"
+        raise ReasonError(
+            err.reason,
+            unreachable_message(stage, source_ref.kind, namespace, source_ref.name, who),
+            transient=err.transient,
+        ) from err
+
+
+async def _fetch(
+    source_ref: SourceRef,
+    namespace: str,
+    ident: str,
+    *,
+    reader: Reader,
+    fetcher: Fetcher,
+    stage: str,
+) -> ResolvedSource:
+    try:
+        obj = await reader.get(source_path(source_ref, namespace))
+    except KubeApiError as err:
+        if err.not_found:
+            raise ReasonError(
+                Reason.SOURCE_FETCH_FAILED, f"{stage}: {ident} not found", transient=True
+            ) from err
+        if err.permanent:
+            raise denied(stage, err, what=ident) from err
+        raise
     ready, why = is_ready(obj)
     if not ready:
-        raise ReasonError(Reason.SOURCE_NOT_READY, f"{ident} is not ready: {why}", transient=True)
+        raise ReasonError(
+            Reason.SOURCE_NOT_READY, f"{stage}: {ident} is not ready: {why}", transient=True
+        )
     artifact = (obj.get("status") or {}).get("artifact") or {}
     url = artifact.get("url")
     if not isinstance(url, str) or not url:
         raise ReasonError(
-            Reason.SOURCE_NOT_READY, f"{ident} has no status.artifact.url yet", transient=True
+            Reason.SOURCE_NOT_READY,
+            f"{stage}: {ident} has no status.artifact.url yet",
+            transient=True,
         )
     digest = artifact.get("digest")
     if digest is not None and not isinstance(digest, str):
-        raise ReasonError(Reason.SOURCE_FETCH_FAILED, f"{ident} has a non-string artifact digest")
-    files = await fetcher.fetch_files(url, digest or None, source_ref.path)
+        raise ReasonError(
+            Reason.SOURCE_FETCH_FAILED, f"{stage}: {ident} has a non-string artifact digest"
+        )
+    try:
+        files = await fetcher.fetch_files(url, digest or None, source_ref.path)
+    except ReasonError as err:
+        raise ReasonError(
+            err.reason, f"{stage}: {ident}: {err.message}", transient=err.transient
+        ) from err
     if not files:
         where = f" under path {source_ref.path!r}" if source_ref.path else ""
         raise ReasonError(
-            Reason.INVALID_SPEC, f"the artifact of {ident} holds no usable files{where}"
+            Reason.INVALID_SPEC, f"{stage}: the artifact of {ident} holds no usable files{where}"
         )
     revision = artifact.get("revision")
     return ResolvedSource(

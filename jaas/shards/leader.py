@@ -22,12 +22,14 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from jaas.api.reasons import Reason, ReasonError
+from jaas.evaluator.libraries import LibraryPathError, load_library_paths
 from jaas.evaluator.pool import EvaluatorPool
 from jaas.evaluator.request import EvaluationResult
 from jaas.ipc import Header
@@ -49,7 +51,12 @@ def _json(status: str, code: int = 200) -> web.Response:
 class Leader:
     """Runs one operator pod's worth of processes until told to stop."""
 
-    def __init__(self, options: OperatorOptions, runtime_dir: Path) -> None:
+    def __init__(
+        self,
+        options: OperatorOptions,
+        runtime_dir: Path,
+        shared_libraries: Mapping[str, Mapping[str, bytes]] | None = None,
+    ) -> None:
         self.options = options
         self.runtime_dir = runtime_dir
         self.shard_names = local_shard_names(options.shards)
@@ -58,6 +65,7 @@ class Leader:
             timeout=options.evaluation_timeout,
             memory_limit=options.evaluation_memory_limit or None,
             max_stack=options.max_stack,
+            shared_libraries=shared_libraries,
         )
         self.endpoint = ShardEndpoint(
             runtime_dir / "leader.sock",
@@ -259,7 +267,14 @@ def main(options: OperatorOptions, runtime_dir: Path) -> int:
 
     Path(options.storage_path).mkdir(parents=True, exist_ok=True)
     try:
-        return uvloop.run(Leader(options, runtime_dir).run())
+        libraries = load_library_paths(options.library_paths)
+    except LibraryPathError as err:
+        log.error("cannot load --library-path: %s", err)
+        return 1
+    if libraries:
+        log.info("shared libraries from --library-path: %s", ", ".join(sorted(libraries)))
+    try:
+        return uvloop.run(Leader(options, runtime_dir, libraries).run())
     finally:
         if options.runtime_dir is None:
             shutil.rmtree(runtime_dir, ignore_errors=True)

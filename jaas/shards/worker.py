@@ -4,6 +4,10 @@ Started by the leader as ``jaas shard ...``; runs asyncio on uvloop, connects
 to the leader's control socket (evaluations go through it), watches the API
 and reconciles. It exits when the leader goes away, and on SIGTERM after
 letting in-flight reconciles finish.
+
+This module is the shard's manager: it builds every part once, explicitly,
+and hands each its dependencies (client, watch cache, trigger index, token
+cache, fetcher, publisher, recorder, reconciler, queue, controller).
 """
 
 from __future__ import annotations
@@ -16,20 +20,67 @@ from pathlib import Path
 
 import uvloop
 
+from jaas.api.constants import SNIPPET_KIND
+from jaas.evaluator.libraries import library_path_aliases
 from jaas.observability import logging as jaas_logging
+from jaas.observability import metrics
+from jaas.operator.cache import ObjectCache
 from jaas.operator.controller import ShardController
 from jaas.operator.events import EventRecorder
-from jaas.operator.kube import connect
+from jaas.operator.informer import Event, Key
+from jaas.operator.kube import Obj, connect
 from jaas.operator.publisher import Publisher
+from jaas.operator.ratelimit import RateLimiter, parse_rate
 from jaas.operator.reconciler import ReconcilerOptions, SnippetReconciler
+from jaas.operator.tenancy import TokenCache
+from jaas.operator.triggers import TriggerIndex
+from jaas.operator.workqueue import WorkQueue
 from jaas.options import OperatorOptions
-from jaas.shards.assignment import RingAssignment
+from jaas.shards.assignment import Assignment, RingAssignment
 from jaas.shards.channel import LeaderConnection
 from jaas.sources.cache import ArtifactCache
 from jaas.sources.fetch import ArtifactFetcher
+from jaas.sources.urlguard import URLGuard
 from jaas.storage.local import LocalStore
 
 log = logging.getLogger(__name__)
+
+#: Seconds the informers get for their first LIST before the shard starts anyway.
+SYNC_TIMEOUT = 60.0
+
+
+class ShardObjects:
+    """The watch cache as the reconciler and the cache's filter see it.
+
+    ``accept`` keeps everything in an owned namespace and, from other
+    namespaces, what a snippet of this shard references (the trigger index
+    knows); ``authoritative`` says when a cache miss means "absent".
+    """
+
+    def __init__(self, assignment: Assignment, index: TriggerIndex) -> None:
+        self.assignment = assignment
+        self.index = index
+        self.cache: ObjectCache | None = None
+
+    def accept(self, kind: str, obj: Obj) -> bool:
+        """Whether the cache keeps ``obj`` of ``kind``."""
+        meta = obj.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "")
+        if self.assignment.owns(namespace):
+            return True
+        return self.index.references(kind, namespace, str(meta.get("name") or ""))
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """The cached object, or ``None``."""
+        return None if self.cache is None else self.cache.get(kind, namespace, name)
+
+    def authoritative(self, kind: str, namespace: str) -> bool:
+        """A miss is "absent" only in an owned, fully watched and synced namespace."""
+        return (
+            self.cache is not None
+            and self.assignment.owns(namespace)
+            and self.cache.complete(kind, namespace)
+        )
 
 
 async def run_shard(
@@ -39,47 +90,78 @@ async def run_shard(
     leader = LeaderConnection(leader_socket, shard)
     await leader.connect()
     client = await connect(options.kubeconfig)
-    cache = ArtifactCache(Path(options.cache_path), options.cache_max_bytes)
-    fetcher = ArtifactFetcher(cache)
-    store = LocalStore(Path(options.storage_path))
-    assignment = RingAssignment(shard, members)
-    reconciler_options = ReconcilerOptions(
-        shard=shard,
-        no_cross_namespace_refs=options.no_cross_namespace_refs,
-        max_stack=options.max_stack,
-        operator_ext_vars=options.ext_vars,
+    artifact_cache = ArtifactCache(Path(options.cache_path), options.cache_max_bytes)
+    fetcher = ArtifactFetcher(
+        artifact_cache, guard=URLGuard(allow_loopback=options.artifact_allow_loopback)
     )
+    assignment = RingAssignment(shard, members)
+    index = TriggerIndex()
+    queue: WorkQueue[Key] = WorkQueue(flow=lambda key: key[0])
+    objects = ShardObjects(assignment, index)
 
-    def make_reconciler(controller: ShardController) -> SnippetReconciler:
-        return SnippetReconciler(
-            client,
-            get_snippet=controller.cached_snippet,
-            get_source=controller.get_source,
-            get_library=controller.get_library,
-            fetcher=fetcher,
-            evaluator=leader,
-            publisher=Publisher(
-                client,
-                store,
-                options.storage_base_url,
-                gc_grace=options.artifact_gc_grace,
-                cached=controller.cached_external_artifact,
-            ),
-            recorder=EventRecorder(client, shard),
-            options=reconciler_options,
-        )
+    def on_event(kind: str, event: Event) -> None:
+        triggered = index.handle(kind, event)
+        for key in triggered.cancel:
+            queue.cancel(key)
+        for key in triggered.add:
+            queue.add(key)
 
+    cache = ObjectCache(
+        client,
+        accept=objects.accept,
+        on_event=on_event,
+        namespaces=options.watch_namespaces,
+        label_selector=options.label_selector,
+    )
+    objects.cache = cache
+    reconciler = SnippetReconciler(
+        client,
+        objects=objects,
+        tokens=TokenCache(client),
+        fetcher=fetcher,
+        evaluator=leader,
+        publisher=Publisher(
+            LocalStore(Path(options.storage_path)),
+            options.storage_base_url,
+            gc_grace=options.artifact_gc_grace,
+            cached=lambda ns, name: cache.get("ExternalArtifact", ns, name),
+        ),
+        recorder=EventRecorder(client, shard),
+        limiter=RateLimiter(parse_rate(options.rerender_rate), options.rerender_burst),
+        options=ReconcilerOptions(
+            shard=shard,
+            no_cross_namespace_refs=options.no_cross_namespace_refs,
+            max_stack=options.max_stack,
+            operator_ext_vars=options.ext_vars,
+            default_service_account=options.default_service_account,
+            shared_library_aliases=library_path_aliases([Path(p) for p in options.library_paths]),
+            max_artifact_bytes=options.max_artifact_bytes,
+            max_withdraw_wait=options.max_withdraw_wait,
+            observe_library=index.observe_library,
+        ),
+    )
     controller = ShardController(
-        client, assignment, make_reconciler, concurrency=options.concurrent_reconciles
+        queue,
+        reconciler.reconcile,
+        shard=shard,
+        concurrency=options.concurrent_reconciles,
+        permanent_retry=options.permanent_retry_interval,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reporter = asyncio.create_task(_report(shard, cache))
     try:
-        await controller.start()
+        await cache.start(SYNC_TIMEOUT)
+        controller.start()
         await leader.send_ready()
-        log.info("shard %s of %s started", shard, members)
+        log.info(
+            "shard %s of %s ready: %d snippets",
+            shard,
+            members,
+            sum(1 for _ in cache.keys(SNIPPET_KIND)),
+        )
         lost = asyncio.create_task(leader.lost.wait())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -89,13 +171,25 @@ async def run_shard(
         lost.cancel()
         stopped.cancel()
     finally:
+        reporter.cancel()
         await controller.stop()
+        await cache.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await reconciler.flush_events()
         with contextlib.suppress(Exception):
             await fetcher.close()
-        cache.close()
+        artifact_cache.close()
         await leader.close()
         await client.close()
     return code
+
+
+async def _report(shard: str, cache: ObjectCache) -> None:
+    while True:
+        namespaces = {ns for ns, _ in cache.keys(SNIPPET_KIND)}
+        metrics.OWNED_NAMESPACES.labels(shard).set(len(namespaces))
+        await asyncio.sleep(5)
 
 
 def main(options: OperatorOptions, shard: str, members: list[str], leader_socket: Path) -> int:

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import secrets
 import shutil
 import time
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from jaas.sources.digest import format_digest
 from jaas.storage.package import Package
 
 #: File name of a stored artifact: ``sha256-<revision hex>.tar.gz``.
@@ -47,6 +50,30 @@ def check_segment(value: str, what: str) -> None:
     """
     if _SEGMENT.fullmatch(value) is None:
         raise ValueError(f"invalid {what} for the artifact store: {value!r}")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the store serves for a revision.
+
+    Attributes:
+        path: ``<namespace>/<name>/sha256-<hex>.tar.gz``, relative to the root
+            (also the URL path under ``--storage-base-url``).
+        digest: ``sha256:<hex>`` of the stored bytes.
+        size: their length in bytes.
+    """
+
+    path: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a prune did: ``removed`` file names, ``next_in`` seconds until the next is due."""
+
+    removed: list[str]
+    next_in: float | None
 
 
 class LocalStore:
@@ -83,13 +110,18 @@ class LocalStore:
         """
         return self.path(namespace, name, file_name).is_file()
 
-    def put(self, namespace: str, name: str, package: Package) -> str:
-        """Store ``package``; return its path relative to the root (``<ns>/<name>/<file>``).
+    def put(self, namespace: str, name: str, package: Package) -> Stored:
+        """Store ``package`` unless its revision is stored already; say what is served.
 
-        If the file exists with the same bytes only its mtime is bumped. If it
-        exists with other bytes (a different zlib build produced the tarball
-        of this revision), it is atomically replaced, so the file always
-        matches the digest about to be published.
+        A stored revision file is never rewritten. If the file exists and a
+        newer revision was stored after it (a revert), its mtime is bumped so
+        the revisions it displaces get a fresh GC grace; a republish of the
+        newest revision leaves every mtime alone, so a grace already running
+        (across restarts too) is not extended. Should the existing bytes
+        differ from ``package.data`` (another zlib build compressed the same
+        content differently), the stored
+        bytes stay and their digest is returned, so a URL in the keep-set
+        keeps serving the same bytes for as long as it exists.
 
         Raises:
             ValueError: an unsafe namespace or name, or a file name not of the
@@ -100,12 +132,17 @@ class LocalStore:
         if ARTIFACT_FILE_NAME.fullmatch(file_name) is None:
             raise ValueError(f"not an artifact file name: {file_name!r}")
         final = self.path(namespace, name, file_name)
+        relative = f"{namespace}/{name}/{file_name}"
         with self._locked(namespace, name, create=True) as directory:
             assert directory is not None
-            if _same_content(final, package.data):
-                with contextlib.suppress(FileNotFoundError):
-                    os.utime(final)
-                return f"{namespace}/{name}/{file_name}"
+            existing = _read(final)
+            if existing is not None:
+                if _is_revert(directory, file_name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.utime(final)
+                if existing == package.data:
+                    return Stored(relative, package.digest, package.size)
+                return Stored(relative, sha256_digest(existing), len(existing))
             tmp = directory / f".{file_name}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
@@ -125,7 +162,7 @@ class LocalStore:
             os.replace(tmp, final)
             if self.durable:
                 _fsync_directory(directory)
-        return f"{namespace}/{name}/{file_name}"
+        return Stored(relative, package.digest, package.size)
 
     def delete(self, namespace: str, name: str) -> None:
         """Remove every stored artifact of the snippet (its whole directory), at once.
@@ -154,14 +191,15 @@ class LocalStore:
         *,
         grace: float = 0.0,
         now: float | None = None,
-    ) -> list[str]:
+    ) -> Pruned:
         """Delete the snippet's stored artifacts whose file names are not in ``keep``.
 
         An empty ``keep`` deletes nothing (use :meth:`delete`). With
         ``grace`` > 0 (seconds; JaaS ``--artifact-gc-grace``) a file survives
         until ``grace`` has passed since it was superseded: the earliest mtime
-        of a strictly newer artifact file, or its own mtime when none is newer.
-        Only ``sha256-<hex>.tar.gz`` files are considered.
+        of a strictly newer artifact file, or its own mtime when none is newer,
+        so the grace survives restarts. Only ``sha256-<hex>.tar.gz`` files are
+        considered.
 
         Args:
             namespace: snippet namespace.
@@ -171,7 +209,8 @@ class LocalStore:
             now: the current time (seconds since the epoch); default ``time.time()``.
 
         Returns:
-            The file names deleted.
+            The file names deleted, and in how many seconds the next file
+            outside ``keep`` reaches its grace (``None``: none is waiting).
 
         Raises:
             ValueError: an unsafe namespace or name.
@@ -180,12 +219,13 @@ class LocalStore:
         check_segment(namespace, "namespace")
         check_segment(name, "name")
         if not keep:
-            return []
+            return Pruned([], None)
         current = time.time() if now is None else now
         removed: list[str] = []
+        next_due: float | None = None
         with self._locked(namespace, name, create=False) as directory:
             if directory is None:
-                return []
+                return Pruned([], None)
             candidates: list[tuple[str, float]] = []
             with os.scandir(directory) as it:
                 for entry in it:
@@ -199,12 +239,14 @@ class LocalStore:
                 if grace > 0:
                     newer = [m for _, m in candidates if m > mtime]
                     superseded = min(newer) if newer else mtime
-                    if current - superseded < grace:
+                    remaining = superseded + grace - current
+                    if remaining > 0:
+                        next_due = remaining if next_due is None else min(next_due, remaining)
                         continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(directory / file_name)
                 removed.append(file_name)
-        return sorted(removed)
+        return Pruned(sorted(removed), next_due)
 
     def sweep(self, max_tmp_age: float = 3600.0, *, now: float | None = None) -> int:
         """Remove temporary files and trash directories older than ``max_tmp_age`` seconds.
@@ -264,14 +306,31 @@ class LocalStore:
                 os.close(fd)
 
 
-def _same_content(path: Path, data: bytes) -> bool:
+def _is_revert(directory: Path, file_name: str) -> bool:
+    """Whether some other stored artifact is newer than ``file_name``."""
     try:
-        with open(path, "rb") as existing:
-            if os.fstat(existing.fileno()).st_size != len(data):
-                return False
-            return existing.read() == data
+        own = (directory / file_name).stat().st_mtime
+        with os.scandir(directory) as it:
+            return any(
+                entry.name != file_name
+                and ARTIFACT_FILE_NAME.fullmatch(entry.name) is not None
+                and entry.stat().st_mtime > own
+                for entry in it
+            )
     except FileNotFoundError:
         return False
+
+
+def sha256_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``."""
+    return format_digest(hashlib.sha256(data).hexdigest())
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _fsync_directory(directory: Path) -> None:

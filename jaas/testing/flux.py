@@ -227,6 +227,7 @@ class FluxPublisher:
 
     def __init__(self) -> None:
         self._files: dict[str, bytes] = {}
+        self._redirects: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
         self._port = 0
         self.requests: collections.Counter[str] = collections.Counter()
@@ -279,6 +280,9 @@ class FluxPublisher:
         path = request.match_info["path"]
         if request.method == "GET":
             self.requests[path] += 1
+        location = self._redirects.get(path)
+        if location is not None:
+            raise web.HTTPFound(location)
         data = self._files.get(path)
         if data is None:
             raise web.HTTPNotFound()
@@ -287,6 +291,11 @@ class FluxPublisher:
     def put_file(self, path: str, data: bytes) -> str:
         """Serve ``data`` at ``/<path>`` (replacing what was there) and return its URL."""
         self._files[path.lstrip("/")] = data
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def put_redirect(self, path: str, location: str) -> str:
+        """Answer GET ``/<path>`` with ``302 Found`` to ``location``; return the path's URL."""
+        self._redirects[path.lstrip("/")] = location
         return f"{self.base_url}/{path.lstrip('/')}"
 
     def remove_file(self, path_or_url: str) -> None:

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ class OperatorError(RuntimeError):
 class OperatorProcess:
     """One ``jaas operator`` process tree (leader, shards, evaluators).
 
-    ``extra_args`` are appended to the command line (e.g. ``["--log-level", "debug"]``).
+    ``extra_args`` are appended to the command line (e.g. ``["--log-level", "debug"]``),
+    ``env`` added to the environment.
     Output goes to ``<workdir>/operator.log``.
     """
 
@@ -44,6 +45,7 @@ class OperatorProcess:
         evaluators: int = 2,
         evaluation_timeout: float = 5.0,
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.workdir = workdir
@@ -51,6 +53,8 @@ class OperatorProcess:
         self.evaluators = evaluators
         self.evaluation_timeout = evaluation_timeout
         self.extra_args = list(extra_args)
+        #: Extra environment variables (e.g. ``JAAS_EXT_VAR_<KEY>``) on top of ours.
+        self.env = dict(env or {})
         self.storage_port = free_port()
         self.management_port = free_port()
         self.metrics_port = free_port()
@@ -107,7 +111,11 @@ class OperatorProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **self.env},
         )
         log.close()
         deadline = time.monotonic() + timeout

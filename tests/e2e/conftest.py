@@ -16,8 +16,11 @@ import pytest
 import pytest_asyncio
 from kubernetes_asyncio import client
 
+from jaas.operator.kube import KubeClient
 from jaas.testing.controlplane import ControlPlane, default_crd_dirs
 from jaas.testing.flux import FluxPublisher
+from jaas.testing.operator import OperatorProcess
+from tests.e2e.helpers import TENANT_SA, create_namespace
 
 _HERE = Path(__file__).resolve().parent
 _started: list[ControlPlane] = []
@@ -86,11 +89,57 @@ async def kube(control_plane: ControlPlane) -> AsyncIterator[client.ApiClient]:
 
 @pytest_asyncio.fixture
 async def namespace(request: pytest.FixtureRequest, kube: client.ApiClient) -> str:
-    """A new namespace named after the test; it is never deleted or waited for."""
-    name = namespace_name(request.node.name)
-    body = client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
-    await client.CoreV1Api(kube).create_namespace(body)
-    return name
+    """A new namespace named after the test, its tenant bound to deploy/rbac/tenant-role.yaml.
+
+    It is never deleted or waited for.
+    """
+    return await create_namespace(KubeClient(kube), namespace_name(request.node.name))
+
+
+@pytest.fixture
+def kube_client(kube: client.ApiClient) -> KubeClient:
+    """The admin ``ApiClient`` as a jaas ``KubeClient`` (raw JSON requests)."""
+    return KubeClient(kube)
+
+
+DATA = _HERE / "data"
+#: Flags of the session's operator: artifacts on loopback (the Flux-style
+#: publisher and the operator's own storage serve on 127.0.0.1), and the
+#: ServiceAccount every test namespace has as the default tenant identity.
+OPERATOR_ARGS = ["--artifact-allow-loopback", "--default-service-account", TENANT_SA]
+#: What the session's operator adds: operator external variables (a flag and
+#: the environment, the flag winning), a 1 MiB artifact cap, shared libraries.
+SESSION_ARGS = [
+    *OPERATOR_ARGS,
+    "--ext-var",
+    "jaas_cluster=e2e-flag",
+    "--max-artifact-bytes",
+    "1Mi",
+    "--library-path",
+    str(DATA / "libraries"),
+    "--library-path",
+    str(DATA / "libraries-overrides"),
+]
+SESSION_ENV = {"JAAS_EXT_VAR_jaas_cluster": "e2e-env", "JAAS_EXT_VAR_jaas_region": "eu-env"}
+
+
+@pytest.fixture(scope="session")
+def operator(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """``jaas operator --shards 2 --evaluators 2`` against the session's control plane."""
+    proc = OperatorProcess(
+        control_plane.kubeconfig,
+        tmp_path_factory.mktemp("operator"),
+        extra_args=SESSION_ARGS,
+        env=SESSION_ENV,
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        code = proc.stop()
+        print(f"\noperator exited with {code}; log: {proc.log_path}")
 
 
 @pytest_asyncio.fixture(scope="session")

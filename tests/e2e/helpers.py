@@ -17,8 +17,18 @@ from jaas.api.conditions import find_condition
 from jaas.api.constants import GROUP, SNIPPET_PLURAL, VERSION
 from jaas.operator.kube import KubeClient, resource_path
 from jaas.operator.publisher import external_artifact_path
+from jaas.testing.tenants import TENANT_ROLE, TENANT_SA, grant_tenant
 
 Obj = dict[str, Any]
+__all__ = ["TENANT_ROLE", "TENANT_SA", "grant_tenant"]
+
+
+async def create_namespace(client: KubeClient, name: str, *, tenant: bool = True) -> str:
+    """Create namespace ``name`` (and, with ``tenant``, its TENANT_SA bound to TENANT_ROLE)."""
+    await client.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    if tenant:
+        await grant_tenant(client, name)
+    return name
 
 
 def snippet_path(namespace: str, name: str | None = None) -> str:

@@ -91,21 +91,21 @@ async def test_service_account_token_request_gets_rbac_decisions(
 ) -> None:
     core = client.CoreV1Api(kube)
     await core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="tenant"))
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="probe"))
     )
     request = client.AuthenticationV1TokenRequest(
         spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
     )
-    issued = await core.create_namespaced_service_account_token("tenant", namespace, request)
+    issued = await core.create_namespaced_service_account_token("probe", namespace, request)
     token = issued.status.token
     assert token.count(".") == 2  # a signed JWT
 
-    config = control_plane.write_token_kubeconfig(tmp_path / "tenant.kubeconfig", token)
+    config = control_plane.write_token_kubeconfig(tmp_path / "probe.kubeconfig", token)
     assert yaml.safe_load(config.read_text())["users"][0]["user"] == {"token": token}
     api = await control_plane.api_client(config)
     async with api:
         user, groups = await whoami(api)
-        assert user == f"system:serviceaccount:{namespace}:tenant"
+        assert user == f"system:serviceaccount:{namespace}:probe"
         assert f"system:serviceaccounts:{namespace}" in groups
         assert await list_forbidden(api, namespace)
 
@@ -129,7 +129,7 @@ async def test_service_account_token_request_gets_rbac_decisions(
                     api_group="rbac.authorization.k8s.io", kind="Role", name="read-configmaps"
                 ),
                 subjects=[
-                    client.RbacV1Subject(kind="ServiceAccount", name="tenant", namespace=namespace)
+                    client.RbacV1Subject(kind="ServiceAccount", name="probe", namespace=namespace)
                 ],
             ),
         )

@@ -529,12 +529,39 @@ async def test_snippet_without_spec_is_accepted_like_upstream(
     assert "spec" not in created
 
 
+async def replace_latest(
+    kube: client.ApiClient, namespace: str, name: str, change: Obj, *, status: bool = False
+) -> Obj:
+    """PUT the latest version of a snippet with ``change`` merged in; retry lost races.
+
+    The session's operator may write the snippet (finalizer, status) at any
+    moment, which makes a PUT of an older resourceVersion a 409 Conflict.
+    """
+    api = client.CustomObjectsApi(kube)
+    for _ in range(20):
+        latest: Obj = await api.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, SNIPPET_PLURAL, name
+        )
+        body = {**latest, **copy.deepcopy(change)}
+        replace = (
+            api.replace_namespaced_custom_object_status
+            if status
+            else api.replace_namespaced_custom_object
+        )
+        try:
+            stored: Obj = await replace(GROUP, VERSION, namespace, SNIPPET_PLURAL, name, body)
+            return stored
+        except ApiException as err:
+            if err.status != 409:
+                raise
+    raise AssertionError(f"could not update {namespace}/{name}: every attempt conflicted")
+
+
 async def test_snippet_update_is_validated_too(kube: client.ApiClient, namespace: str) -> None:
-    created = await create(kube, namespace, SNIPPET_PLURAL, snippet("edit", {"files": INLINE}))
-    created["spec"]["sourceRef"] = GIT_SOURCE
+    await create(kube, namespace, SNIPPET_PLURAL, snippet("edit", {"files": INLINE}))
     with pytest.raises(ApiException) as info:
-        await client.CustomObjectsApi(kube).replace_namespaced_custom_object(
-            GROUP, VERSION, namespace, SNIPPET_PLURAL, "edit", created
+        await replace_latest(
+            kube, namespace, "edit", {"spec": {"files": INLINE, "sourceRef": GIT_SOURCE}}
         )
     assert_cause(invalid(info.value), "spec", SPEC_XOR)
 
@@ -568,12 +595,9 @@ FULL_STATUS: Obj = {
 
 async def write_status(kube: client.ApiClient, namespace: str, obj: Obj, status: Obj) -> Obj:
     """Replace ``obj``'s status through the status subresource and return the stored object."""
-    body = copy.deepcopy(obj)
-    body["status"] = copy.deepcopy(status)
-    stored: Obj = await client.CustomObjectsApi(kube).replace_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, SNIPPET_PLURAL, obj["metadata"]["name"], body
+    return await replace_latest(
+        kube, namespace, obj["metadata"]["name"], {"status": status}, status=True
     )
-    return stored
 
 
 async def test_status_is_a_subresource(kube: client.ApiClient, namespace: str) -> None:

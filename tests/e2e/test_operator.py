@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from jaas.testing.controlplane import ControlPlane
 from jaas.testing.flux import FluxPublisher, make_git_repo, make_tarball
 from jaas.testing.operator import OperatorProcess
 from tests.e2e.helpers import (
+    create_namespace,
     create_snippet,
     download,
     get_external_artifact,
@@ -356,7 +356,7 @@ async def test_two_hundred_snippets_in_twenty_namespaces_are_reconciled_by_their
     namespaces = [f"scale-{namespace[-6:]}-{i}" for i in range(20)]
     started = time.monotonic()
     for ns in namespaces:
-        await client.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+        await create_namespace(client, ns)
     await asyncio.gather(
         *(
             create_snippet(client, ns, f"s{j}", files={"main.jsonnet": f"{{ ns: '{ns}', j: {j} }}"})
@@ -417,20 +417,6 @@ async def test_a_killed_shard_is_replaced_and_its_snippets_converge(
     assert json.loads(untar(await download(obj["status"]["artifactURL"]))["rendered.json"]) == {
         "v": 2
     }
-
-
-@pytest.fixture(scope="session")
-def operator(
-    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """``jaas operator --shards 2 --evaluators 2`` against the session's control plane."""
-    proc = OperatorProcess(control_plane.kubeconfig, tmp_path_factory.mktemp("operator"))
-    proc.start()
-    try:
-        yield proc
-    finally:
-        code = proc.stop()
-        print(f"\noperator exited with {code}; log: {proc.log_path}")
 
 
 async def test_libraries_are_imported_by_alias_and_a_missing_one_is_reported(
@@ -496,7 +482,15 @@ async def test_requested_at_annotation_reconciles_and_suspend_pauses(
 
 
 def test_sigterm_stops_every_process_cleanly(control_plane: ControlPlane, tmp_path: Path) -> None:
-    proc = OperatorProcess(control_plane.kubeconfig, tmp_path, shards=2, evaluators=2)
+    # A second operator on the session's control plane: it watches a namespace of
+    # its own only, so it never competes with the session's operator.
+    proc = OperatorProcess(
+        control_plane.kubeconfig,
+        tmp_path,
+        shards=2,
+        evaluators=2,
+        extra_args=["--watch-namespaces", "sigterm-only"],
+    )
     proc.start()
     pids = proc.pids()
     assert len(pids) >= 5  # leader, 2 shards, 2 evaluators

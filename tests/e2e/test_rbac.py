@@ -1,4 +1,7 @@
-"""The operator works with exactly deploy/rbac's ClusterRole (a real ServiceAccount token)."""
+"""The operator works with exactly deploy/rbac's ClusterRole (a real ServiceAccount token).
+
+Its tenants work with exactly deploy/rbac/tenant-role.yaml.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,15 @@ from jaas.operator.kube import KubeApiError, KubeClient
 from jaas.testing.controlplane import ControlPlane, api_client_from_kubeconfig, default_crd_dirs
 from jaas.testing.flux import FluxPublisher, make_git_repo
 from jaas.testing.operator import OperatorProcess
-from tests.e2e.helpers import create_snippet, snippet_path, wait_for, wait_reason
+from tests.e2e.conftest import OPERATOR_ARGS
+from tests.e2e.helpers import (
+    create_namespace,
+    create_snippet,
+    get_external_artifact,
+    snippet_path,
+    wait_for,
+    wait_reason,
+)
 
 ROLE = Path(__file__).resolve().parents[2] / "deploy" / "rbac" / "operator-clusterrole.yaml"
 
@@ -60,8 +71,8 @@ async def test_the_documented_cluster_role_is_enough(
     assert denied.value.status == 403
     await limited.close()
 
-    await admin.create("/api/v1/namespaces", {"metadata": {"name": "team-a"}})
-    with OperatorProcess(kubeconfig, tmp_path / "op") as operator:
+    await create_namespace(admin, "team-a")
+    with OperatorProcess(kubeconfig, tmp_path / "op", extra_args=OPERATOR_ARGS) as operator:
         async with FluxPublisher() as flux:
             repo = tmp_path / "repo"
             make_git_repo(repo, {"main.jsonnet": "{ from: 'git' }"}, "c1")
@@ -72,15 +83,27 @@ async def test_the_documented_cluster_role_is_enough(
             await create_snippet(admin, "team-a", "inline", files={"main.jsonnet": "{}"})
             await wait_reason(admin, "team-a", "git", "Synced")
             await wait_reason(admin, "team-a", "inline", "Synced")
+            # Chaining reads another snippet's ExternalArtifact, also as the tenant.
+            await create_snippet(
+                admin,
+                "team-a",
+                "chained",
+                sourceRef={"kind": "ExternalArtifact", "name": "git"},
+                entryFile="rendered.json",
+            )
+            await wait_reason(admin, "team-a", "chained", "Synced")
             events = await admin.get("/apis/events.k8s.io/v1/namespaces/team-a/events")
-            assert {e["regarding"]["name"] for e in events["items"]} == {"git", "inline"}
+            assert {e["regarding"]["name"] for e in events["items"]} == {"git", "inline", "chained"}
             await admin.delete(snippet_path("team-a", "inline"))
             await wait_for(
                 admin,
                 snippet_path("team-a"),
-                lambda lst: [i["metadata"]["name"] for i in lst["items"]] == ["git"],
+                lambda lst: "inline" not in [i["metadata"]["name"] for i in lst["items"]],
                 what="the deleted snippet to be gone",
             )
+            with pytest.raises(KubeApiError) as gone:
+                await get_external_artifact(admin, "team-a", "inline")
+            assert gone.value.not_found
         log = operator.log_path.read_text()
         assert "Forbidden" not in log
         assert "403" not in log

@@ -1,4 +1,3 @@
-from jaas.operator.controller import snippet_needs_reconcile
 from jaas.operator.informer import Event, EventType
 from jaas.operator.reconciler import (
     MAX_MESSAGE,
@@ -7,6 +6,7 @@ from jaas.operator.reconciler import (
     shorten_message,
     updated_history,
 )
+from jaas.operator.triggers import snippet_needs_reconcile
 
 
 def test_history_is_newest_first_bounded_and_keeps_the_head_time_on_republish() -> None:

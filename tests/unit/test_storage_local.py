@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jaas.storage.local import LocalStore
+from jaas.storage.local import LocalStore, sha256_digest
 from jaas.storage.package import Package, package_rendered
 
 
@@ -22,7 +22,7 @@ def rendered(i: int) -> Package:
 def test_put_layout_and_mode(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     package = rendered(1)
-    rel = store.put("team-a", "snippet.one", package)
+    rel = store.put("team-a", "snippet.one", package).path
     assert rel == f"team-a/snippet.one/{package.file_name}"
     path = tmp_path / "store" / rel
     assert path.read_bytes() == package.data
@@ -33,25 +33,33 @@ def test_put_layout_and_mode(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == [package.file_name]
 
 
-def test_put_is_skip_if_exists_but_bumps_mtime(tmp_path: Path) -> None:
+def test_put_is_skip_if_exists_and_only_a_revert_bumps_mtime(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    package = rendered(1)
-    path = tmp_path / store.put("ns", "s", package)
-    os.utime(path, (1000, 1000))
-    inode = path.stat().st_ino
-    store.put("ns", "s", package)
-    assert path.stat().st_ino == inode  # not rewritten
-    assert path.stat().st_mtime > 1000  # a revert re-anchors the GC grace
-    assert path.read_bytes() == package.data
+    old, new = rendered(1), rendered(2)
+    old_path = tmp_path / store.put("ns", "s", old).path
+    new_path = tmp_path / store.put("ns", "s", new).path
+    os.utime(old_path, (1000, 1000))
+    os.utime(new_path, (2000, 2000))
+    inode = old_path.stat().st_ino
+    # Republishing the newest revision keeps a running grace where it is.
+    store.put("ns", "s", new)
+    assert new_path.stat().st_mtime == 2000
+    # Reverting to an older one re-anchors the grace of what it displaces.
+    store.put("ns", "s", old)
+    assert old_path.stat().st_ino == inode  # not rewritten
+    assert old_path.stat().st_mtime > 2000
+    assert old_path.read_bytes() == old.data
 
 
-def test_put_replaces_a_file_with_other_bytes(tmp_path: Path) -> None:
+def test_a_stored_revision_is_never_rewritten_with_other_bytes(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     package = rendered(1)
-    path = tmp_path / store.put("ns", "s", package)
+    path = tmp_path / store.put("ns", "s", package).path
     path.write_bytes(b"written by another zlib")
-    store.put("ns", "s", package)
-    assert path.read_bytes() == package.data
+    stored = store.put("ns", "s", package)
+    assert path.read_bytes() == b"written by another zlib"
+    assert stored.digest == sha256_digest(b"written by another zlib") != package.digest
+    assert stored.size == len(b"written by another zlib")
 
 
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", ".hidden", "a\\b", "x\x00", "-"])
@@ -91,7 +99,7 @@ def test_prune_keeps_the_keep_set_and_foreign_files(tmp_path: Path) -> None:
     (directory / "notes.txt").write_text("not ours")
     (directory / "sha256-short.tar.gz").write_text("not our shape")
     keep = {packages[1].file_name, packages[3].file_name}
-    removed = store.prune("ns", "s", keep)
+    removed = store.prune("ns", "s", keep).removed
     assert removed == sorted([packages[0].file_name, packages[2].file_name])
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [*keep, "notes.txt", "sha256-short.tar.gz"]
@@ -102,9 +110,9 @@ def test_prune_with_empty_keep_set_or_missing_dir_does_nothing(tmp_path: Path) -
     store = LocalStore(tmp_path)
     package = rendered(1)
     store.put("ns", "s", package)
-    assert store.prune("ns", "s", set()) == []
+    assert store.prune("ns", "s", set()).removed == []
     assert store.exists("ns", "s", package.file_name)
-    assert store.prune("ns", "never-stored", {package.file_name}) == []
+    assert store.prune("ns", "never-stored", {package.file_name}).removed == []
     assert not (tmp_path / "ns" / "never-stored").exists()
 
 
@@ -112,25 +120,27 @@ def test_prune_grace_counts_from_supersession(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     old, middle, new = rendered(1), rendered(2), rendered(3)
     for package, mtime in ((old, 1000), (middle, 2000), (new, 3000)):
-        path = tmp_path / store.put("ns", "s", package)
+        path = tmp_path / store.put("ns", "s", package).path
         os.utime(path, (mtime, mtime))
     keep = {new.file_name}
     # old was superseded at 2000, middle at 3000; grace 500.
-    assert store.prune("ns", "s", keep, grace=500, now=2400) == []
-    assert store.prune("ns", "s", keep, grace=500, now=2600) == [old.file_name]
-    assert store.prune("ns", "s", keep, grace=500, now=3499) == []
-    assert store.prune("ns", "s", keep, grace=500, now=3500) == [middle.file_name]
+    assert store.prune("ns", "s", keep, grace=500, now=2400).removed == []
+    # The next expiry is the old file's: superseded at 2000 (middle's mtime), grace 500.
+    assert store.prune("ns", "s", keep, grace=500, now=2400).next_in == pytest.approx(100)
+    assert store.prune("ns", "s", keep, grace=500, now=2600).removed == [old.file_name]
+    assert store.prune("ns", "s", keep, grace=500, now=3499).removed == []
+    assert store.prune("ns", "s", keep, grace=500, now=3500).removed == [middle.file_name]
     assert store.exists("ns", "s", new.file_name)
 
 
 def test_prune_grace_for_an_orphan_uses_its_own_mtime(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     orphan = rendered(1)
-    path = tmp_path / store.put("ns", "s", orphan)
+    path = tmp_path / store.put("ns", "s", orphan).path
     os.utime(path, (1000, 1000))
     keep = {rendered(9).file_name}  # newest revision not stored here
-    assert store.prune("ns", "s", keep, grace=100, now=1050) == []
-    assert store.prune("ns", "s", keep, grace=100, now=1100) == [orphan.file_name]
+    assert store.prune("ns", "s", keep, grace=100, now=1050).removed == []
+    assert store.prune("ns", "s", keep, grace=100, now=1100).removed == [orphan.file_name]
 
 
 def test_delete_removes_the_whole_tree(tmp_path: Path) -> None:
@@ -142,7 +152,7 @@ def test_delete_removes_the_whole_tree(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "ns").iterdir()) == ["other"]
     store.delete("ns", "s")  # already gone: no error
     store.delete("missing-ns", "s")
-    assert store.put("ns", "s", rendered(5)).startswith("ns/s/")
+    assert store.put("ns", "s", rendered(5)).path.startswith("ns/s/")
 
 
 def test_sweep_removes_stale_leftovers(tmp_path: Path) -> None:
@@ -206,7 +216,7 @@ def put_many(root: str, worker: int) -> list[str]:
     written = []
     for i in range(25):
         package = rendered(i % 8)
-        written.append(store.put("ns", f"s{i % 2}", package))
+        written.append(store.put("ns", f"s{i % 2}", package).path)
         store.prune("ns", f"s{i % 2}", {package.file_name, rendered(0).file_name})
     store.put("ns", f"w{worker}", rendered(worker))
     return written

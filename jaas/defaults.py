@@ -1,0 +1,63 @@
+"""Every default of ``jaas operator``, defined once (seconds, bytes, counts).
+
+``jaas.options.OperatorOptions`` takes its field defaults from here and the
+CLI prints them from the options, so a flag's default, the options object
+and the modules that use the value can never disagree. Where JaaS (metio/jaas
+``internal/cliflags``) has the same setting the value is JaaS's.
+"""
+
+from typing import Final
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+GiB: Final = 1024 * MiB
+
+# --- evaluation -----------------------------------------------------------------------
+#: ``--evaluation-timeout`` (JaaS: 5s); the evaluator process is killed at it.
+EVALUATION_TIMEOUT: Final = 5.0
+#: ``--evaluation-memory-limit``: RLIMIT_AS of one evaluator process.
+EVALUATION_MEMORY_LIMIT: Final = 2 * GiB
+#: ``--max-stack`` (JaaS: 500): Jsonnet call depth limit.
+MAX_STACK: Final = 500
+
+# --- servers --------------------------------------------------------------------------
+STORAGE_LISTEN_ADDRESS: Final = "0.0.0.0"
+STORAGE_PORT: Final = 8082
+MANAGEMENT_LISTEN_ADDRESS: Final = "127.0.0.1"
+MANAGEMENT_PORT: Final = 8081
+METRICS_BIND_ADDRESS: Final = ":8083"
+
+# --- sources and storage --------------------------------------------------------------
+#: ``--cache-max-bytes``: size bound of the pod's artifact cache (compressed bytes).
+CACHE_MAX_BYTES: Final = 1 * GiB
+#: ``--artifact-gc-grace`` (JaaS: 5m): how long a superseded revision stays served.
+ARTIFACT_GC_GRACE: Final = 300.0
+#: ``--storage-sweep-interval`` (JaaS: 10m).
+STORAGE_SWEEP_INTERVAL: Final = 600.0
+#: ``--max-artifact-bytes`` (JaaS: 0, off): cap on a published artifact's content.
+MAX_ARTIFACT_BYTES: Final = 0
+
+# --- reconciling ----------------------------------------------------------------------
+#: ``--concurrent-reconciles``: snippets one shard reconciles at once.
+CONCURRENT_RECONCILES: Final = 8
+#: ``--permanent-retry-interval`` (JaaS: one minute, fixed): re-check of a permanent failure.
+PERMANENT_RETRY_INTERVAL: Final = 60.0
+#: First and longest delay of the per-snippet backoff after transient failures
+#: (client-go's item exponential limiter: 5 ms to 1000 s; ours starts at 1 s).
+RETRY_BACKOFF_INITIAL: Final = 1.0
+RETRY_BACKOFF_MAX: Final = 960.0
+#: ``--rerender-rate`` (JaaS: 60/min) and ``--rerender-burst`` (JaaS: 120).
+RERENDER_RATE: Final = "60/min"
+RERENDER_BURST: Final = 120
+#: ``--max-withdraw-wait`` (JaaS: 1h): how long a deletion retries withdrawing.
+MAX_WITHDRAW_WAIT: Final = 3600.0
+#: ``--no-cross-namespace-refs`` (JaaS: true).
+NO_CROSS_NAMESPACE_REFS: Final = True
+
+# --- tenant identity (JaaS internal/operator/token.go) --------------------------------
+#: Lifetime requested for tenant ServiceAccount tokens.
+TOKEN_TTL: Final = 3600.0
+#: Tokens are renewed this long before they expire (at most a third of their life).
+TOKEN_REFRESH_MARGIN: Final = 300.0
+#: Longest wait for one TokenRequest.
+TOKEN_MINT_TIMEOUT: Final = 30.0

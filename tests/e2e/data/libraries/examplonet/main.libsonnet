@@ -1,0 +1,1 @@
+{ resolved_from: 'default', helper: import 'helper.libsonnet' }

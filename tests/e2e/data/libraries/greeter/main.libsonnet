@@ -1,0 +1,1 @@
+{ greet(name):: 'Hello, ' + name + (import 'lib/punctuation.json').mark }
