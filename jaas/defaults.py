@@ -15,7 +15,13 @@ GiB: Final = 1024 * MiB
 # --- evaluation -----------------------------------------------------------------------
 #: ``--evaluation-timeout`` (JaaS: 5s); the evaluator process is killed at it.
 EVALUATION_TIMEOUT: Final = 5.0
-#: ``--evaluation-memory-limit``: RLIMIT_AS of one evaluator process.
+#: ``--evaluation-memory-limit``: RLIMIT_AS of one evaluator process. RLIMIT_AS
+#: counts virtual memory: about 100 MiB for the interpreter and rjsonnet, the
+#: 256 MiB evaluation-thread stack (reserved, mostly untouched), and the
+#: evaluation's heap. 2 GiB leaves about 1.6 GiB of heap: kube-prometheus peaks
+#: at 190-320 MB RSS and the worst measured workload (google bench.02) at
+#: 640 MB, while a runaway evaluation is stopped long before it can starve a
+#: node. Lower it (and the pool size) to fit tight pod memory limits.
 EVALUATION_MEMORY_LIMIT: Final = 2 * GiB
 #: ``--max-stack`` (JaaS: 500): Jsonnet call depth limit.
 MAX_STACK: Final = 500

@@ -46,7 +46,10 @@ from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 
 import jaas
+from jaas import defaults
+from jaas.api.models import format_duration
 from jaas.api.reasons import Reason, ReasonError
+from jaas.backoff import Backoff
 from jaas.evaluator.request import (
     DEFAULT_STACK_SIZE,
     ERROR,
@@ -62,24 +65,16 @@ from jaas.ipc import FrameError, Header, encode_frame, read_frame, write_frame
 
 logger = logging.getLogger(__name__)
 
-#: Wall-clock limit of one evaluation, seconds (JaaS ``--evaluation-timeout`` 5s).
-DEFAULT_TIMEOUT = 5.0
-#: Address-space limit of one worker, bytes (``--evaluation-memory-limit``).
-#: RLIMIT_AS counts virtual memory: about 100 MiB for the interpreter and
-#: rjsonnet, the 256 MiB evaluation-thread stack (reserved, mostly untouched),
-#: and the evaluation's heap. 2 GiB leaves about 1.6 GiB of heap: kube-prometheus
-#: peaks at 190-320 MB RSS and the worst measured workload (google bench.02) at
-#: 640 MB, while a runaway evaluation is stopped long before it can starve a
-#: node. Lower it (and the pool size) to fit tight pod memory limits.
-DEFAULT_MEMORY_LIMIT = 2 * 1024**3
-#: Jsonnet stack depth (JaaS ``--max-stack`` 500).
-DEFAULT_MAX_STACK = 500
+# The operator's defaults (jaas.defaults); the memory limit is explained there.
+DEFAULT_TIMEOUT = defaults.EVALUATION_TIMEOUT
+DEFAULT_MEMORY_LIMIT = defaults.EVALUATION_MEMORY_LIMIT
+DEFAULT_MAX_STACK = defaults.MAX_STACK
 #: How long a new worker may take to report ready, seconds.
 STARTUP_TIMEOUT = 60.0
 #: Bytes of each worker's stderr kept to explain a crash.
 _STDERR_TAIL = 8192
 #: Back-off between failed attempts to start a replacement worker, seconds.
-_RESPAWN_BACKOFF = (0.1, 0.5, 1.0, 5.0)
+_RESPAWN_BACKOFF = Backoff(0.1, 5.0, factor=4.0)
 
 
 def label_namespace(label: str) -> str:
@@ -89,40 +84,6 @@ def label_namespace(label: str) -> str:
     (``""``) shares the flow ``""``.
     """
     return label.partition("/")[0]
-
-
-def format_duration(seconds: float) -> str:
-    """Format seconds as Go's ``time.Duration.String`` does: ``5s``, ``1.5s``, ``1m30s``, ``250ms``.
-
-    JaaS builds its timeout message from a Go duration, so ours reads the same.
-    """
-    ns = round(seconds * 1e9)
-    if ns == 0:
-        return "0s"
-    sign = "-" if ns < 0 else ""
-    ns = abs(ns)
-    if ns < 1_000:
-        return f"{sign}{ns}ns"
-    if ns < 1_000_000:
-        return f"{sign}{_decimal(ns, 1_000)}µs"
-    if ns < 1_000_000_000:
-        return f"{sign}{_decimal(ns, 1_000_000)}ms"
-    hours, ns = divmod(ns, 3_600_000_000_000)
-    minutes, ns = divmod(ns, 60_000_000_000)
-    text = f"{_decimal(ns, 1_000_000_000)}s"
-    if hours:
-        return f"{sign}{hours}h{minutes}m{text}"
-    if minutes:
-        return f"{sign}{minutes}m{text}"
-    return sign + text
-
-
-def _decimal(value: int, unit: int) -> str:
-    whole, fraction = divmod(value, unit)
-    if not fraction:
-        return str(whole)
-    digits = len(str(unit)) - 1
-    return f"{whole}.{str(fraction).zfill(digits).rstrip('0')}"
 
 
 def format_bytes(size: int) -> str:
@@ -573,7 +534,7 @@ class EvaluatorPool:
             try:
                 worker = await self._spawn()
             except Exception as err:
-                delay = _RESPAWN_BACKOFF[min(attempt, len(_RESPAWN_BACKOFF) - 1)]
+                delay = _RESPAWN_BACKOFF.delay(attempt)
                 attempt += 1
                 logger.error("cannot start an evaluator worker (retrying in %ss): %s", delay, err)
                 await asyncio.sleep(delay)

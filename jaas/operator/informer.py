@@ -21,6 +21,7 @@ from enum import StrEnum
 import aiohttp
 import orjson
 
+from jaas.backoff import Backoff
 from jaas.operator.kube import KubeApiError, KubeClient, Obj
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class Informer:
 
     async def run(self) -> None:
         """List, then watch forever; returns only when cancelled."""
-        backoff = 0.5
+        retries = Backoff(0.5, self.max_backoff, jitter=0.5).retries()
         need_list = True
         while True:
             try:
@@ -196,7 +197,7 @@ class Informer:
                     await self._list()
                     need_list = False
                 await self._watch()
-                backoff = 0.5  # a watch that ends normally (timeoutSeconds) is healthy
+                retries.reset()  # a watch that ends normally (timeoutSeconds) is healthy
             except asyncio.CancelledError:
                 raise
             except KubeApiError as err:
@@ -226,8 +227,7 @@ class Informer:
                     type(err).__name__,
                     extra={"path": self.path},
                 )
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, self.max_backoff)
+            await asyncio.sleep(retries.next())
 
 
 async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -19,11 +19,12 @@ every key is in one flow and the queue is client-go's FIFO.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+from jaas import defaults
+from jaas.backoff import Backoff
 from jaas.fairqueue import FairQueue
 
 K = TypeVar("K", bound=Hashable)
@@ -50,12 +51,13 @@ class WorkQueue(Generic[K]):
     def __init__(
         self,
         *,
-        base_delay: float = 1.0,
-        max_delay: float = 960.0,
+        base_delay: float = defaults.RETRY_BACKOFF_INITIAL,
+        max_delay: float = defaults.RETRY_BACKOFF_MAX,
         flow: Callable[[K], Hashable] | None = None,
     ) -> None:
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self._backoff = Backoff(base_delay, max_delay, jitter=0.1)
         self._flow = flow
         self._queue: FairQueue[Hashable, K] = FairQueue()
         self._dirty: set[K] = set()
@@ -132,8 +134,7 @@ class WorkQueue(Generic[K]):
         """Record a failure of ``key`` and return the delay before its retry (seconds)."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
-        delay = min(self.base_delay * float(2 ** min(failures, 32)), self.max_delay)
-        return delay * random.uniform(0.9, 1.1)
+        return self._backoff.delay(failures)
 
     def forget(self, key: K) -> None:
         """Reset the failure backoff of ``key`` (after a success)."""

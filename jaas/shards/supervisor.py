@@ -15,6 +15,8 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
+from jaas.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 
@@ -56,7 +58,7 @@ class Supervisor:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        backoff = self.min_backoff
+        retries = Backoff(self.min_backoff, self.max_backoff).retries()
         while not self._stop.is_set():
             began = time.monotonic()
             self.process = await asyncio.create_subprocess_exec(*self.argv)
@@ -69,7 +71,8 @@ class Supervisor:
                 return
             self.restarts += 1
             if time.monotonic() - began >= self.healthy_after:
-                backoff = self.min_backoff
+                retries.reset()
+            backoff = retries.next()
             log.warning(
                 "%s (pid %d) exited with %d; restarting in %.1fs",
                 self.name,
@@ -78,7 +81,6 @@ class Supervisor:
                 backoff,
             )
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
 
     async def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the child, SIGKILL it after ``grace`` seconds, stop restarting."""

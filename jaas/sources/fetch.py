@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
 import socket
 from collections.abc import Mapping
 from typing import Final
@@ -45,6 +44,7 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from jaas.api.reasons import Reason, ReasonError
+from jaas.backoff import Backoff
 from jaas.sources.cache import ArtifactCache
 from jaas.sources.digest import format_digest, parse_digest
 from jaas.sources.extract import ArchiveError, extract_tarball
@@ -188,6 +188,8 @@ class ArtifactFetcher:
         self.max_download_bytes = max_download_bytes
         self.attempts = attempts
         self.retry_backoff = retry_backoff
+        # 75 % ± 25 % of the nominal delay: retries of many snippets spread apart.
+        self._backoff = Backoff(0.75 * retry_backoff, 3600.0, jitter=1 / 3)
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._semaphore = asyncio.Semaphore(max_concurrent_downloads)
         self._session: aiohttp.ClientSession | None = None
@@ -292,7 +294,7 @@ class ArtifactFetcher:
     async def _download(
         self, target: URL, expected: str | None, headers: Mapping[str, str] | None
     ) -> bytes:
-        delay = self.retry_backoff
+        retries = self._backoff.retries()
         for attempt in range(1, self.attempts + 1):
             try:
                 async with self._semaphore:
@@ -300,8 +302,7 @@ class ArtifactFetcher:
             except ReasonError as err:
                 if not err.transient or attempt == self.attempts:
                     raise
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay *= 2
+            await asyncio.sleep(retries.next())
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _get(

@@ -41,6 +41,8 @@ class FakeApi:
         #: identity name -> (verb, resource) pairs it may not do; "*" for every identity.
         self.denied: dict[str, set[tuple[str, str]]] = {}
         self.not_served: set[str] = set()
+        #: (verb, resource) -> HTTP status every such request fails with (e.g. 500).
+        self.failing: dict[tuple[str, str], int] = {}
         self.calls: list[tuple[str, str, str]] = []
         self.tokens_minted = 0
         self.revoked: set[str] = set()
@@ -121,6 +123,8 @@ class FakeClient:
                 served=served,
             )
 
+        if (verb, resource) in self.api.failing:
+            raise error(self.api.failing[verb, resource], "InternalError", "etcd is unhappy")
         if resource.partition("/")[0] in self.api.not_served:
             raise error(404, "NotFound", "404 page not found", served=False)
         for pair in self.api.denied.get(who, set()) | self.api.denied.get("*", set()):

@@ -12,10 +12,10 @@ import _gojsonnet
 import pytest
 import pytest_asyncio
 
-from jaas.api.models import JsonnetVariable
+from jaas.api.models import JsonnetVariable, format_duration
 from jaas.api.reasons import Reason, ReasonError
 from jaas.evaluator.libraries import load_library_paths
-from jaas.evaluator.pool import EvaluatorPool, format_bytes, format_duration
+from jaas.evaluator.pool import EvaluatorPool, format_bytes
 from jaas.evaluator.request import EvaluationRequest, EvaluationResult
 
 GiB = 1024**3

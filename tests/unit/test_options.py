@@ -57,3 +57,39 @@ def test_every_operator_option_has_a_flag() -> None:
     )
     names = {f.name for f in dataclasses.fields(OperatorOptions)} - {"ext_vars"}
     assert names <= set(vars(args)), names - set(vars(args))
+
+
+def test_every_flag_default_is_the_options_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JAAS_WATCH_NAMESPACES", raising=False)
+    args = build_parser().parse_args(
+        ["operator", "--storage-path", "/s", "--storage-base-url", "http://b"]
+    )
+    defaults = OperatorOptions(storage_path="/s", storage_base_url="http://b")
+    for f in dataclasses.fields(OperatorOptions):
+        if f.name == "ext_vars":
+            continue
+        assert getattr(args, f.name) == getattr(defaults, f.name), f.name
+
+
+def test_watch_namespaces_fall_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JAAS_WATCH_NAMESPACES", "a, b,")
+    args = build_parser().parse_args(
+        ["operator", "--storage-path", "/s", "--storage-base-url", "x"]
+    )
+    assert args.watch_namespaces == ["a", "b"]
+    args = build_parser().parse_args(
+        ["operator", "--storage-path", "/s", "--storage-base-url", "x", "--watch-namespaces", "c"]
+    )
+    assert args.watch_namespaces == ["c"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--rerender-rate", "60/day"], ["--rerender-burst", "0"], ["--max-artifact-bytes", "x"]],
+)
+def test_bad_operator_flags_exit_2(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(
+            ["operator", "--storage-path", "/s", "--storage-base-url", "x", *flags]
+        )
+    assert info.value.code == 2

@@ -27,7 +27,7 @@ from jaas.api.reasons import Reason, ReasonError
 from jaas.evaluator.request import EvaluationRequest, EvaluationResult
 from jaas.evaluator.worker import evaluate as evaluate_in_process
 from jaas.operator.events import EventRecorder
-from jaas.operator.kube import resource_path
+from jaas.operator.kube import KubeApiError, resource_path
 from jaas.operator.publisher import Publisher, external_artifact_path
 from jaas.operator.ratelimit import RateLimiter
 from jaas.operator.reconciler import ReconcilerOptions, Result, SnippetReconciler, snippet_path
@@ -498,3 +498,26 @@ async def test_deletion_withdraws_as_the_tenant_and_a_refusal_is_forced(h: Harne
     assert h.external_artifact() is not None  # could not be deleted
     assert not (h.store.root / NS / "s").exists()  # but the files are gone
     assert any(e["reason"] == "WithdrawForced" for e in await h.events())
+
+
+@pytest.mark.parametrize("started", ["2000-01-01T00:00:00Z", "2999-01-01T00:00:00Z"])
+async def test_a_withdraw_that_keeps_failing_gives_up_after_max_withdraw_wait(
+    h: Harness, started: str
+) -> None:
+    h.snippet()
+    assert await h.reason() == "Synced"
+    h.api.objects[snippet_path(NS, "s")]["metadata"]["deletionTimestamp"] = started
+    h.api.failing["delete", "externalartifacts.source.toolkit.fluxcd.io"] = 500
+    if started.startswith("2000"):  # past --max-withdraw-wait: forced, files deleted
+        assert isinstance(await h.reconcile(), Result)
+        finalizers = h.api.objects[snippet_path(NS, "s")]["metadata"]["finalizers"]
+        assert FINALIZER not in finalizers
+        assert not (h.store.root / NS / "s").exists()
+        notes = [e["note"] for e in await h.events() if e["reason"] == "WithdrawForced"]
+        assert len(notes) == 1
+        assert "withdraw_timed_out" in notes[0]
+    else:  # still within it: a transient failure, retried with backoff
+        with pytest.raises(KubeApiError):
+            await h.reconciler.reconcile((NS, "s"))
+        assert FINALIZER in h.api.objects[snippet_path(NS, "s")]["metadata"]["finalizers"]
+        assert (h.store.root / NS / "s").exists()
