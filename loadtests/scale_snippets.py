@@ -27,6 +27,7 @@ from jaas.api.constants import GROUP, SNIPPET_PLURAL, VERSION
 from jaas.operator.kube import KubeClient, resource_path
 from jaas.testing.controlplane import ControlPlane, api_client_from_kubeconfig, default_crd_dirs
 from jaas.testing.operator import OperatorProcess
+from jaas.testing.tenants import TENANT_SA, grant_tenant
 
 PROGRAM = """
 local n = %(n)d;
@@ -49,6 +50,17 @@ class Run:
     peak_rss: dict[str, int] = field(default_factory=dict)
     #: CPU seconds (user + system) per process kind over the run, summed over processes.
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    #: TokenRequests the operator made (tenant tokens minted).
+    token_requests: int = 0
+
+
+def metric_sum(exposition: str, name: str) -> float:
+    """Sum of every sample of metric ``name`` in a Prometheus text exposition."""
+    total = 0.0
+    for line in exposition.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def classify(cmdline: str) -> str | None:
@@ -87,7 +99,13 @@ def sample(session: int, peaks: dict[str, int], cpu: dict[int, tuple[str, float]
 async def measure(shards: int, snippets: int, namespaces: int, workdir: Path) -> Run:
     """One run with ``shards`` shard workers; returns its figures."""
     plane = await asyncio.to_thread(ControlPlane.start, workdir / "cp", default_crd_dirs())
-    operator = OperatorProcess(plane.kubeconfig, workdir / "op", shards=shards)
+    # Every namespace's snippets act as its ServiceAccount `tenant` (TokenRequest tokens).
+    operator = OperatorProcess(
+        plane.kubeconfig,
+        workdir / "op",
+        shards=shards,
+        extra_args=["--default-service-account", TENANT_SA],
+    )
     run = Run(shards)
     api = await api_client_from_kubeconfig(plane.kubeconfig)
     client = KubeClient(api)
@@ -97,6 +115,7 @@ async def measure(shards: int, snippets: int, namespaces: int, workdir: Path) ->
         names = [f"load-{i}" for i in range(namespaces)]
         for ns in names:
             await client.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+            await grant_tenant(client, ns)
         created: dict[tuple[str, str], float] = {}
         baseline: dict[int, tuple[str, float]] = {}
         sample(operator.process.pid, run.peak_rss, baseline)
@@ -140,6 +159,7 @@ async def measure(shards: int, snippets: int, namespaces: int, workdir: Path) ->
             run.cpu_seconds[kind] = run.cpu_seconds.get(kind, 0.0) + seconds - before
         for kind, pid in plane.pids().items():
             run.cpu_seconds[kind] = cpu_seconds(pid) - plane_cpu[kind]
+        run.token_requests = int(metric_sum(operator.metrics(), "jaas_tenant_token_mints_total"))
         rss = plane.rss()
         run.peak_rss["kube-apiserver"] = rss["kube-apiserver"]
         run.peak_rss["etcd"] = rss["etcd"]
@@ -178,7 +198,7 @@ def _rows(runs: list[Run], snippets: int) -> None:
             f"kube-apiserver {mib['kube-apiserver']}, etcd {mib['etcd']}"
         )
         cpu = ", ".join(f"{k} {v:.1f}" for k, v in sorted(run.cpu_seconds.items()))
-        print(f"        CPU seconds during the run: {cpu}")
+        print(f"        CPU seconds during the run: {cpu}; TokenRequests: {run.token_requests}")
 
 
 def main() -> None:
