@@ -124,10 +124,16 @@ async def measure(args: argparse.Namespace, workdir: Path) -> None:
         print(f"one heavy snippet alone, create→Ready: {one_heavy:.2f} s")
         print(summary("light tenant alone", alone))
         print(summary(f"light beside {args.heavy} heavy", beside))
+        done = heavy_ready - 2
         print(
             f"heavy snippets Ready when the light tenant finished ({light_done:.1f} s after "
-            f"the heavy burst): {heavy_ready - 2}/{args.heavy}"
+            f"the heavy burst): {done}/{args.heavy}"
         )
+        if done:
+            # What one heavy evaluation took while the machine was this busy: the
+            # yardstick of "delayed by about one evaluation".
+            per_evaluation = light_done * args.evaluators / done
+            print(f"one heavy evaluation under this load: ~{per_evaluation:.2f} s")
     finally:
         await client.close()
         await asyncio.to_thread(operator.stop)

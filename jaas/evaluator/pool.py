@@ -23,9 +23,9 @@ the event-loop process). The pool
   not carry them.
 * hands free workers out fairly between flows (by default the namespace of the
   request's ``label``): waiting requests queue per flow and a worker that
-  becomes free, or a replacement that becomes ready, goes to the next flow in
-  round-robin order (``jaas.fairqueue``, after kube-apiserver's API Priority
-  and Fairness), so one namespace's backlog of slow programs delays another
+  becomes free, or a replacement that becomes ready, goes to the flow whose
+  fair turn it is (start-time fair queueing, ``jaas.fairqueue``, after
+  kube-apiserver's API Priority and Fairness), so one namespace's backlog of slow programs delays another
   namespace's evaluation by about one evaluation, not by the whole backlog.
 
 Unlike JaaS (metio/jaas ``internal/eval/eval.go``), whose timed-out goroutines
@@ -144,8 +144,8 @@ class EvaluatorPool:
             against ``memory_limit``.
         flow: maps a request's ``label`` (``""`` when it has none) to the flow
             it waits in when every worker is busy; waiting requests get free
-            workers round-robin between flows, first come, first served within
-            one. The default, ``label_namespace``, makes each namespace a flow;
+            workers by fair turns between flows (``jaas.fairqueue``), first
+            come, first served within one. The default, ``label_namespace``, makes each namespace a flow;
             ``None`` puts every request in one flow (plain FIFO).
 
     Raises:

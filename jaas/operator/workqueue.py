@@ -9,11 +9,18 @@ until ``forget`` resets it.
 
 On top of that, waiting keys are queued fairly between *flows* (the operator's
 flow of a ``(namespace, name)`` key is its namespace): each flow has its own
-FIFO queue and ``get`` serves the flows with waiting keys round-robin, one key
-per flow per turn (``jaas.fairqueue``, after kube-apiserver's API Priority and
-Fairness). A namespace with a thousand queued snippets therefore delays another
+FIFO queue and ``get`` gives every flow with waiting keys an equal share of
+turns, a flow that has had none going first (start-time fair queueing,
+``jaas.fairqueue``, after kube-apiserver's API Priority and Fairness). A namespace with a thousand queued snippets therefore delays another
 namespace's snippet by one key, not by a thousand. Without a ``flow`` function
 every key is in one flow and the queue is client-go's FIFO.
+
+Turns alone do not stop one flow from holding every worker: if a namespace's
+reconciles are all waiting for an evaluator, a newly queued key of another
+namespace waits for one of them to finish before it even reaches the evaluator
+queue. ``max_in_flight_per_flow`` bounds how many keys of one flow are processed
+at once (the operator sets it to its workers minus one), so a worker is always
+free for a namespace that has nothing in flight.
 """
 
 from __future__ import annotations
@@ -46,6 +53,12 @@ class WorkQueue(Generic[K]):
             for the namespace of a ``(namespace, name)`` key); it must return
             the same flow for the same key every time. ``None`` puts every key
             in one flow: first come, first served.
+        max_in_flight_per_flow: most keys of one flow processed at once; a flow
+            at the bound is skipped by ``get`` until one of its keys is done.
+            ``None``: no bound.
+
+    Raises:
+        ValueError: ``max_in_flight_per_flow`` is below 1.
     """
 
     def __init__(
@@ -54,7 +67,13 @@ class WorkQueue(Generic[K]):
         base_delay: float = defaults.RETRY_BACKOFF_INITIAL,
         max_delay: float = defaults.RETRY_BACKOFF_MAX,
         flow: Callable[[K], Hashable] | None = None,
+        max_in_flight_per_flow: int | None = None,
     ) -> None:
+        if max_in_flight_per_flow is not None and max_in_flight_per_flow < 1:
+            raise ValueError(
+                f"max_in_flight_per_flow must be at least 1, got {max_in_flight_per_flow}"
+            )
+        self.max_in_flight_per_flow = max_in_flight_per_flow
         self.base_delay = base_delay
         self.max_delay = max_delay
         self._backoff = Backoff(base_delay, max_delay, jitter=0.1)
@@ -62,6 +81,7 @@ class WorkQueue(Generic[K]):
         self._queue: FairQueue[Hashable, K] = FairQueue()
         self._dirty: set[K] = set()
         self._processing: set[K] = set()
+        self._flow_in_flight: dict[Hashable, int] = {}
         self._failures: dict[K, int] = {}
         self._timers: dict[K, tuple[float, asyncio.TimerHandle]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -161,13 +181,13 @@ class WorkQueue(Generic[K]):
     async def get(self) -> K:
         """Wait for the next key and mark it as being processed.
 
-        The key comes from the flow whose turn it is; that flow then goes to
-        the end of the rotation of flows with waiting keys.
+        The key comes from the flow whose fair turn it is, skipping flows that
+        already have ``max_in_flight_per_flow`` keys being processed.
 
         Raises:
             ShutDown: the queue was shut down.
         """
-        while not self._queue or self._shutdown:
+        while not self._queue.servable or self._shutdown:
             if self._shutdown:
                 raise ShutDown
             waiter = asyncio.get_running_loop().create_future()
@@ -181,14 +201,29 @@ class WorkQueue(Generic[K]):
         key = self._queue.pop()
         self._dirty.discard(key)
         self._processing.add(key)
+        flow = self.flow_of(key)
+        busy = self._flow_in_flight.get(flow, 0) + 1
+        self._flow_in_flight[flow] = busy
+        if self.max_in_flight_per_flow is not None and busy >= self.max_in_flight_per_flow:
+            self._queue.hold(flow)
         return key
 
     def done(self, key: K) -> None:
         """Mark ``key`` as processed; it is queued again if it was added meanwhile."""
+        if key not in self._processing:
+            return
         self._processing.discard(key)
         self.completions += 1
+        flow = self.flow_of(key)
+        busy = self._flow_in_flight[flow] - 1
+        if busy:
+            self._flow_in_flight[flow] = busy
+        else:
+            del self._flow_in_flight[flow]
+        self._queue.release(flow)
         if key in self._dirty and not self._shutdown:
-            self._queue.push(self.flow_of(key), key)
+            self._queue.push(flow, key)
+        if self._queue.servable:
             self._notify()
 
     async def shutdown(self) -> None:

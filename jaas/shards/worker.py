@@ -96,7 +96,11 @@ async def run_shard(
     )
     assignment = RingAssignment(shard, members)
     index = TriggerIndex()
-    queue: WorkQueue[Key] = WorkQueue(flow=lambda key: key[0])
+    # One worker always stays free for a namespace with nothing in flight (see WorkQueue).
+    queue: WorkQueue[Key] = WorkQueue(
+        flow=lambda key: key[0],
+        max_in_flight_per_flow=max(1, options.concurrent_reconciles - 1),
+    )
     objects = ShardObjects(assignment, index)
 
     def on_event(kind: str, event: Event) -> None:

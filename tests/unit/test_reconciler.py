@@ -521,3 +521,16 @@ async def test_a_withdraw_that_keeps_failing_gives_up_after_max_withdraw_wait(
             await h.reconciler.reconcile((NS, "s"))
         assert FINALIZER in h.api.objects[snippet_path(NS, "s")]["metadata"]["finalizers"]
         assert (h.store.root / NS / "s").exists()
+
+
+async def test_a_synced_snippet_with_an_interval_asks_to_render_again_after_it(
+    h: Harness,
+) -> None:
+    h.snippet("every", interval="10m")
+    h.snippet("once")
+    every, once = await h.reconcile("every"), await h.reconcile("once")
+    assert isinstance(every, Result)
+    assert isinstance(once, Result)
+    assert every.requeue_after is not None
+    assert 570 <= every.requeue_after <= 630  # 10m ± 5 % jitter (Flux)
+    assert once.requeue_after is None

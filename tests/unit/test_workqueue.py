@@ -124,13 +124,13 @@ async def test_fair_queue_still_holds_a_key_added_while_processing_until_done() 
     waiter = asyncio.create_task(q.get())
     assert await waiter == ("b", "2")
     assert q.in_flight == 3
-    q.done(key)  # re-queued at the back of its flow, which rejoins the rotation
+    q.done(key)  # re-queued at the back of its flow
     assert q.depth("a") == 1
     assert await q.get() == ("a", "1")
     assert q.completions == 1
 
 
-async def test_a_requeued_flow_waits_behind_flows_already_waiting() -> None:
+async def test_a_requeued_key_takes_its_flows_next_turn() -> None:
     q: WorkQueue[tuple[str, str]] = WorkQueue(flow=namespace)
     q.add(("a", "1"))
     key = await q.get()
@@ -139,4 +139,48 @@ async def test_a_requeued_flow_waits_behind_flows_already_waiting() -> None:
     q.add(("b", "2"))
     q.done(key)
     assert q.flows() == ["b", "a"]
-    assert [await q.get() for _ in range(3)] == [("b", "1"), ("a", "1"), ("b", "2")]
+    # a had its turn (a/1 the first time); a/1 again and b/2 are both second turns
+    assert [await q.get() for _ in range(3)] == [("b", "1"), ("b", "2"), ("a", "1")]
+
+
+async def test_a_flow_at_its_in_flight_bound_leaves_a_worker_for_other_flows() -> None:
+    q: WorkQueue[tuple[str, str]] = WorkQueue(flow=namespace, max_in_flight_per_flow=2)
+    for n in range(5):
+        q.add(("heavy", f"s{n}"))
+    first = [await q.get(), await q.get()]
+    assert first == [("heavy", "s0"), ("heavy", "s1")]
+    # heavy is at its bound: a third worker waits although heavy has keys queued
+    third = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    assert not third.done()
+    assert q.depth("heavy") == 3
+    q.add(("light", "x"))  # the waiting worker takes the light key at once
+    assert await asyncio.wait_for(third, 1) == ("light", "x")
+    # finishing a heavy key frees its flow for exactly one more
+    fourth = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    assert not fourth.done()
+    q.done(first[0])
+    assert await asyncio.wait_for(fourth, 1) == ("heavy", "s2")
+    assert q.in_flight == 3
+
+
+async def test_a_key_re_added_while_its_flow_is_at_the_bound_runs_after_done() -> None:
+    q: WorkQueue[tuple[str, str]] = WorkQueue(flow=namespace, max_in_flight_per_flow=1)
+    q.add(("a", "1"))
+    key = await q.get()
+    q.add(("a", "1"))
+    q.add(("a", "2"))
+    q.done(key)
+    assert [await q.get()] == [("a", "2")]
+    q.done(("a", "2"))
+    assert await q.get() == ("a", "1")
+    q.done(("a", "1"))
+    q.done(("a", "1"))  # a second done of a finished key changes nothing
+    assert q.completions == 3
+    assert q.in_flight == 0
+
+
+def test_the_in_flight_bound_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        WorkQueue(max_in_flight_per_flow=0)
