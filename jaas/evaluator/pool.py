@@ -25,8 +25,9 @@ the event-loop process). The pool
   request's ``label``): waiting requests queue per flow and a worker that
   becomes free, or a replacement that becomes ready, goes to the flow whose
   fair turn it is (start-time fair queueing, ``jaas.fairqueue``, after
-  kube-apiserver's API Priority and Fairness), so one namespace's backlog of slow programs delays another
-  namespace's evaluation by about one evaluation, not by the whole backlog.
+  kube-apiserver's API Priority and Fairness), so one namespace's backlog of
+  slow programs delays another namespace's evaluation by about one
+  evaluation, not by the whole backlog.
 
 Unlike JaaS (metio/jaas ``internal/eval/eval.go``), whose timed-out goroutines
 keep running, a timed-out evaluation here really stops.
@@ -145,8 +146,8 @@ class EvaluatorPool:
         flow: maps a request's ``label`` (``""`` when it has none) to the flow
             it waits in when every worker is busy; waiting requests get free
             workers by fair turns between flows (``jaas.fairqueue``), first
-            come, first served within one. The default, ``label_namespace``, makes each namespace a flow;
-            ``None`` puts every request in one flow (plain FIFO).
+            come, first served within one. The default, ``label_namespace``,
+            makes each namespace a flow; ``None`` puts every request in one flow (plain FIFO).
 
     Raises:
         ValueError: ``size`` below 1, negative ``max_stack``, or a shared

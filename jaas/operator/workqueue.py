@@ -11,9 +11,10 @@ On top of that, waiting keys are queued fairly between *flows* (the operator's
 flow of a ``(namespace, name)`` key is its namespace): each flow has its own
 FIFO queue and ``get`` gives every flow with waiting keys an equal share of
 turns, a flow that has had none going first (start-time fair queueing,
-``jaas.fairqueue``, after kube-apiserver's API Priority and Fairness). A namespace with a thousand queued snippets therefore delays another
-namespace's snippet by one key, not by a thousand. Without a ``flow`` function
-every key is in one flow and the queue is client-go's FIFO.
+``jaas.fairqueue``, after kube-apiserver's API Priority and Fairness). A
+namespace with a thousand queued snippets therefore delays another namespace's
+snippet by one key, not by a thousand. Without a ``flow`` function every key is
+in one flow and the queue is client-go's FIFO.
 
 Turns alone do not stop one flow from holding every worker: if a namespace's
 reconciles are all waiting for an evaluator, a newly queued key of another
