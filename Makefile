@@ -40,14 +40,14 @@ unit: venv
 	$(VENV)/bin/pytest tests/unit
 
 e2e: venv controlplane
-	$(VENV)/bin/pytest tests/e2e
+	tools/netns/run $(VENV)/bin/pytest tests/e2e
 
 # The whole suite: lint, types, unit and end-to-end tests on a real control plane.
 test: venv controlplane
 	$(VENV)/bin/ruff check jaas tests loadtests
 	$(VENV)/bin/ruff format --check jaas tests loadtests
 	$(VENV)/bin/mypy jaas tests loadtests
-	$(VENV)/bin/pytest
+	tools/netns/run $(VENV)/bin/pytest
 
 # Starts a control plane and `jaas operator --shards 2`, applies examples/ and
 # shows the result. ONCE=1 stops after printing and fails unless all are Ready.

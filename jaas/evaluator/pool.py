@@ -42,7 +42,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 
@@ -51,6 +50,7 @@ from jaas import defaults
 from jaas.api.models import format_duration
 from jaas.api.reasons import Reason, ReasonError
 from jaas.backoff import Backoff
+from jaas.child import python_module_argv
 from jaas.evaluator.request import (
     DEFAULT_STACK_SIZE,
     ERROR,
@@ -364,9 +364,7 @@ class EvaluatorPool:
         return tuple(frames)
 
     def _worker_command(self, fd: int) -> list[str]:
-        command = [
-            sys.executable,
-            "-m",
+        command = python_module_argv(
             "jaas.evaluator.worker",
             "--fd",
             str(fd),
@@ -374,7 +372,7 @@ class EvaluatorPool:
             str(os.getpid()),
             "--stack-size",
             str(self.stack_size),
-        ]
+        )
         if self.memory_limit:
             command += ["--memory-limit", str(self.memory_limit)]
         if self.timeout:

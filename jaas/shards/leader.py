@@ -20,7 +20,6 @@ import json
 import logging
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from jaas.api.reasons import Reason, ReasonError
+from jaas.child import python_module_argv
 from jaas.evaluator.libraries import LibraryPathError, load_library_paths
 from jaas.evaluator.pool import EvaluatorPool
 from jaas.evaluator.request import EvaluationResult
@@ -128,9 +128,7 @@ class Leader:
 
     def shard_argv(self, shard: str) -> list[str]:
         """Command line of one shard worker process."""
-        return [
-            sys.executable,
-            "-m",
+        return python_module_argv(
             "jaas",
             "shard",
             "--shard-name",
@@ -141,7 +139,7 @@ class Leader:
             str(self.endpoint.socket_path),
             "--options",
             json.dumps(self.options.to_json()),
-        ]
+        )
 
     def _on_shard_exit(self, shard: str) -> Any:
         def on_exit(pid: int, code: int) -> None:

@@ -177,23 +177,51 @@ def free_port() -> int:
                 return port
 
 
+#: Route flags (linux/route.h): the route is up; the route rejects (unreachable).
+RTF_UP = 0x0001
+RTF_REJECT = 0x0200
+
+
+def default_route_in(ipv4_routes: str, ipv6_routes: str) -> bool:
+    """Whether ``/proc/net/route`` and ``/proc/net/ipv6_route`` texts hold a usable default route.
+
+    A default route is one to ``0.0.0.0/0`` or ``::/0`` that is up and does not
+    reject: a network namespace with only loopback (``unshare --net``) still
+    has the kernel's unreachable ``::/0`` route on ``lo``, which is no route to
+    advertise.
+    """
+
+    def usable(flags: str) -> bool:
+        value = int(flags, 16)
+        return bool(value & RTF_UP) and not value & RTF_REJECT
+
+    for line in ipv4_routes.splitlines()[1:]:
+        # Iface Destination Gateway Flags ...
+        fields = line.split()
+        if len(fields) > 3 and fields[1] == "00000000" and usable(fields[3]):
+            return True
+    for line in ipv6_routes.splitlines():
+        # destination prefix-length source prefix-length next-hop metric refs use flags device
+        fields = line.split()
+        if len(fields) > 8 and fields[0] == "0" * 32 and fields[1] == "00" and usable(fields[8]):
+            return True
+    return False
+
+
 def has_default_route() -> bool:
-    """Return whether the host has an IPv4 or IPv6 default route (Linux ``/proc/net``).
+    """Return whether this network namespace has a usable IPv4 or IPv6 default route.
 
     kube-apiserver bound to loopback advertises the default-route interface and
-    fails to start without one (control-plane.md §2.11).
+    fails to start without one (control-plane.md §2.11); without one we pass
+    ``--advertise-address=127.0.0.1``.
     """
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/route").read_text().splitlines()[1:]:
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == "00000000":
-                return True
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/ipv6_route").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 1 and fields[0] == "0" * 32 and fields[1] == "00":
-                return True
-    return False
+    texts = []
+    for path in ("/proc/net/route", "/proc/net/ipv6_route"):
+        try:
+            texts.append(Path(path).read_text())
+        except OSError:
+            texts.append("")
+    return default_route_in(*texts)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaas.child import python_module_argv
 from jaas.testing.controlplane import free_port, log_tail
 
 
@@ -32,7 +32,8 @@ class OperatorProcess:
     """One ``jaas operator`` process tree (leader, shards, evaluators).
 
     ``extra_args`` are appended to the command line (e.g. ``["--log-level", "debug"]``),
-    ``env`` added to the environment.
+    ``env`` added to the environment; ``cwd`` is its working directory (default:
+    this process's).
     Output goes to ``<workdir>/operator.log``.
     """
 
@@ -46,8 +47,10 @@ class OperatorProcess:
         evaluation_timeout: float = 5.0,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.cwd = cwd
         self.workdir = workdir
         self.shard_count = shards
         self.evaluators = evaluators
@@ -71,9 +74,7 @@ class OperatorProcess:
     @property
     def argv(self) -> list[str]:
         """The operator's command line."""
-        return [
-            sys.executable,
-            "-m",
+        return python_module_argv(
             "jaas",
             "operator",
             "--kubeconfig",
@@ -99,7 +100,7 @@ class OperatorProcess:
             "--evaluation-timeout",
             f"{self.evaluation_timeout:g}s",
             *self.extra_args,
-        ]
+        )
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
         """Start the operator and wait until ``/ready`` answers 200.
@@ -116,6 +117,7 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**os.environ, **self.env},
+            cwd=self.cwd,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -262,3 +262,12 @@ def test_separate_control_plane_retries_a_taken_port_serves_and_stops_cleanly(
     with pytest.raises(ConnectionRefusedError):  # nothing listens any more
         plane.request("GET", "/readyz", timeout=5)
     plane.stop()  # idempotent
+
+
+def test_the_suite_runs_where_only_loopback_exists(control_plane: ControlPlane) -> None:
+    # make test runs pytest under tools/netns/run: hostile network tests can
+    # reach nothing but loopback, and the control plane must start without a
+    # default route (the kernel's unreachable ::/0 on lo is none).
+    assert [name for _, name in socket.if_nameindex()] == ["lo"]
+    assert not controlplane.has_default_route()
+    assert control_plane.server.startswith("https://127.0.0.1:")

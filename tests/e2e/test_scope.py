@@ -137,3 +137,22 @@ async def test_a_missing_external_artifact_crd_is_rbac_denied_naming_the_crd(
             assert "install its CustomResourceDefinition" in message
     finally:
         await client.close()
+
+
+async def test_an_operator_started_beside_a_folder_named_jaas_runs_every_child(
+    plane: ControlPlane, admin: KubeClient, tmp_path: Path
+) -> None:
+    # A storage directory called "jaas" in the working directory: without
+    # ``python -P`` every child imported it as the jaas package and crash-looped.
+    (tmp_path / "jaas").mkdir()
+    (tmp_path / "jaas" / "main.jsonnet").write_text("{}")
+    ns = await create_namespace(admin, "scope-cwd")
+    with OperatorProcess(
+        plane.kubeconfig, tmp_path / "operator", extra_args=OPERATOR_ARGS, cwd=tmp_path
+    ) as operator:
+        shards = operator.shards()
+        assert [(s["ready"], s["restarts"]) for s in shards] == [(True, 0), (True, 0)], shards
+        await create_snippet(admin, ns, "rendered", files={"main.jsonnet": "{ a: 1 + 1 }"})
+        synced = await wait_reason(admin, ns, "rendered", "Synced")
+        assert ready(synced)["message"].startswith("Rendered")
+        assert "ImportError" not in operator.log_path.read_text()
