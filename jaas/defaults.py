@@ -40,6 +40,10 @@ CACHE_MAX_BYTES: Final = 1 * GiB
 ARTIFACT_GC_GRACE: Final = 300.0
 #: ``--storage-sweep-interval`` (JaaS: 10m).
 STORAGE_SWEEP_INTERVAL: Final = 600.0
+#: Longest wait (seconds) for another source's in-flight download of the same
+#: digest before downloading from one's own URL: a fill shared by digest is
+#: shared only while it is quick and only if it succeeds.
+SHARED_DOWNLOAD_WAIT: Final = 5.0
 #: ``--max-artifact-bytes`` (JaaS: 0, off): cap on a published artifact's content.
 MAX_ARTIFACT_BYTES: Final = 0
 

@@ -11,13 +11,21 @@ reading one source revision cause one download (design.md §3
 
 - Reads are verified: the decompressed bytes are re-hashed; a corrupt or
   truncated entry is deleted and counts as a miss.
-- Fills are single-flight per digest: inside a process concurrent callers
-  share one :class:`asyncio.Task`; across processes the filler holds an
-  exclusive ``flock`` on ``locks/<hex>.lock`` and waiters re-check the cache
-  once they get the lock. The blocking ``flock`` runs in a dedicated thread
-  pool so the event loop never blocks. The filler unlinks the lock file
-  while still holding it; a waiter that then locks the unlinked file notices
-  (inode changed) and retries, so lock files do not pile up.
+- Fills are single-flight per digest, but only as far as they succeed: a
+  verified entry is shared by digest, an in-flight download is not a shared
+  fate. Inside a process, callers with the same *origin* (the source's URL)
+  share one :class:`asyncio.Task`; a caller with another origin waits for the
+  running fill at most ``share_wait`` seconds and takes its bytes only if it
+  succeeds; if it fails or is slower, the caller downloads from its own URL
+  and sees only its own errors (a tenant pointing a source with another
+  tenant's digest at a slow or broken server delays and fails only itself).
+  Across processes the filler holds an exclusive ``flock`` on
+  ``locks/<hex>.lock``; a waiter polls for it (``LOCK_NB``, never blocking
+  the event loop or a thread) for at most ``share_wait`` seconds, re-checks
+  the cache once it has it, and downloads without it when the wait runs out.
+  The filler unlinks the lock file while still holding it; a waiter that then
+  locks the unlinked file notices (inode changed) and retries, so lock files
+  do not pile up.
 - Size is bounded: a hit touches the entry's mtime, and after each write the
   oldest entries (by mtime) are evicted until the total is at most
   ``max_bytes``.
@@ -32,19 +40,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import hashlib
 import logging
 import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
 import zstandard
 
+from jaas import defaults
 from jaas.sources.digest import is_sha256_hex
 
 #: Default bound on the cache's on-disk size (compressed bytes).
@@ -55,6 +62,8 @@ ZSTD_LEVEL: Final = 3
 MAX_ENTRY_BYTES: Final = 1 << 30
 #: Temporary files older than this (seconds) are leftovers of a crashed writer.
 STALE_TMP_SECONDS: Final = 3600.0
+#: How often a waiter retries another process's file lock (seconds).
+LOCK_POLL_INTERVAL: Final = 0.02
 _SUFFIX: Final = ".zst"
 
 Loader = Callable[[], Awaitable[bytes]]
@@ -68,13 +77,15 @@ class ArtifactCache:
         root: cache directory (created if missing); share it between processes.
         max_bytes: bound on the compressed bytes kept on disk (default 1 GiB);
             an artifact that alone compresses to more is returned but not kept.
-        lock_threads: threads that may wait in ``flock`` at once (one per
-            digest being filled by another process).
+        share_wait: longest wait (seconds) for a fill of the same digest from
+            another origin or process before downloading from one's own URL.
 
     Counters (per process, plain ints): ``hits`` (served from disk),
     ``misses`` (not on disk, loader called), ``downloads`` (loader calls
     that returned bytes), ``coalesced`` (callers that joined a fill already
-    running in this process), ``evictions``, ``corrupt`` (entries deleted
+    running in this process), ``unshared`` (callers whose wait for another
+    origin's fill ended in its failure or ran out, so they downloaded
+    themselves), ``evictions``, ``corrupt`` (entries deleted
     because they failed verification) and ``write_errors`` (downloads that
     could not be stored, e.g. disk full; the caller still gets the bytes).
 
@@ -83,22 +94,26 @@ class ArtifactCache:
     """
 
     def __init__(
-        self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES, *, lock_threads: int = 16
+        self,
+        root: Path,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        *,
+        share_wait: float = defaults.SHARED_DOWNLOAD_WAIT,
     ) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
+        self.share_wait = share_wait
         self._objects = self.root / "objects"
         self._locks = self.root / "locks"
         self._objects.mkdir(parents=True, exist_ok=True)
         self._locks.mkdir(parents=True, exist_ok=True)
-        self._inflight: dict[str, asyncio.Task[bytes]] = {}
-        self._lock_pool = ThreadPoolExecutor(
-            max_workers=lock_threads, thread_name_prefix="jaas-cache-flock"
-        )
+        # digest -> origin -> the fill running in this process for that origin
+        self._inflight: dict[str, dict[str, asyncio.Task[bytes]]] = {}
         self.hits = 0
         self.misses = 0
         self.downloads = 0
         self.coalesced = 0
+        self.unshared = 0
         self.evictions = 0
         self.corrupt = 0
         self.write_errors = 0
@@ -150,48 +165,95 @@ class ArtifactCache:
             raise
         self.evict(keep=final.name)
 
-    async def get_or_fetch(self, hex_digest: str, loader: Loader) -> bytes:
-        """Return the tarball for ``hex_digest``, calling ``loader`` at most once pod-wide.
+    async def get_or_fetch(self, hex_digest: str, loader: Loader, *, origin: str = "") -> bytes:
+        """Return the tarball for ``hex_digest``, sharing downloads only as far as they succeed.
 
-        Concurrent calls for one digest in this process share one fill; across
-        processes the first to take the digest's file lock runs ``loader`` and
-        the others read its result from disk. The loader must return bytes
-        whose sha256 is ``hex_digest`` (the fetcher verifies before returning);
-        they are stored, then returned. A caller's cancellation does not
-        cancel a fill other callers wait for.
+        A verified entry on disk is returned at once. Otherwise, concurrent
+        calls with the same ``origin`` (the URL ``loader`` downloads from) in
+        this process share one fill and its outcome. A call whose origin
+        differs from the fills already running waits up to ``share_wait``
+        seconds for one of them to succeed and returns its bytes; when they
+        fail or take longer it starts a fill of its own, so it never sees
+        another origin's error. Across processes the first to take the
+        digest's file lock downloads and the others read its result from
+        disk, or download themselves after ``share_wait``. The loader must
+        return bytes whose sha256 is ``hex_digest`` (the fetcher verifies
+        before returning); they are stored, then returned. A caller's
+        cancellation does not cancel a fill other callers wait for.
 
         Raises:
             ValueError: ``hex_digest`` is malformed, or the loader's bytes do
                 not hash to it.
-            Exception: whatever ``loader`` raises (shared by every waiter).
+            Exception: whatever this call's own ``loader`` raises (shared only
+                with callers of the same origin).
         """
         _check_hex(hex_digest)
-        task = self._inflight.get(hex_digest)
-        if task is not None:
+        fills = self._inflight.get(hex_digest, {})
+        own = fills.get(origin)
+        if own is not None:
             self.coalesced += 1
-            return await asyncio.shield(task)
-        task = asyncio.get_running_loop().create_task(self._fill(hex_digest, loader))
-        self._inflight[hex_digest] = task
+            return await asyncio.shield(own)
+        if fills:
+            self.coalesced += 1
+            shared = await self._first_success(list(fills.values()), self.share_wait)
+            if shared is not None:
+                return shared
+            self.unshared += 1
+            # Another origin's fill in this process may still hold the file
+            # lock: this fill does not wait for it again.
+            return await self._start_fill(hex_digest, origin, loader, lock_wait=0.0)
+        return await self._start_fill(hex_digest, origin, loader, lock_wait=self.share_wait)
+
+    async def _start_fill(
+        self, hex_digest: str, origin: str, loader: Loader, *, lock_wait: float
+    ) -> bytes:
+        fills = self._inflight.setdefault(hex_digest, {})
+        task = asyncio.get_running_loop().create_task(self._fill(hex_digest, loader, lock_wait))
+        fills[origin] = task
 
         def done(finished: asyncio.Task[bytes]) -> None:
-            if self._inflight.get(hex_digest) is finished:
-                del self._inflight[hex_digest]
+            current = self._inflight.get(hex_digest)
+            if current is not None and current.get(origin) is finished:
+                del current[origin]
+                if not current:
+                    del self._inflight[hex_digest]
             if not finished.cancelled():
                 finished.exception()  # retrieved here so an unawaited failure is not logged
 
         task.add_done_callback(done)
         return await asyncio.shield(task)
 
-    async def _fill(self, hex_digest: str, loader: Loader) -> bytes:
+    @staticmethod
+    async def _first_success(fills: list[asyncio.Task[bytes]], timeout: float) -> bytes | None:
+        """The bytes of the first of ``fills`` to succeed within ``timeout`` seconds, else None."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = set(fills)
+        while pending:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            finished, pending = await asyncio.wait(
+                pending,
+                timeout=remaining,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for task in finished:
+                if not task.cancelled() and task.exception() is None:
+                    return task.result()
+        return None
+
+    async def _fill(self, hex_digest: str, loader: Loader, lock_wait: float) -> bytes:
         data = await asyncio.to_thread(self._read, hex_digest)
         if data is not None:
             self.hits += 1
             return data
-        async with self._file_lock(hex_digest):
-            data = await asyncio.to_thread(self._read, hex_digest)
-            if data is not None:
-                self.hits += 1
-                return data
+        async with self._file_lock(hex_digest, lock_wait) as locked:
+            if locked:
+                data = await asyncio.to_thread(self._read, hex_digest)
+                if data is not None:
+                    self.hits += 1
+                    return data
             self.misses += 1
             data = await loader()
             self.downloads += 1
@@ -204,17 +266,28 @@ class ArtifactCache:
             return data
 
     @contextlib.asynccontextmanager
-    async def _file_lock(self, hex_digest: str) -> AsyncIterator[None]:
-        """Hold an exclusive ``flock`` on ``locks/<hex>.lock`` (waiting in a thread)."""
+    async def _file_lock(self, hex_digest: str, wait: float) -> AsyncIterator[bool]:
+        """Hold an exclusive ``flock`` on ``locks/<hex>.lock``, polling for it up to ``wait`` s.
+
+        Yields whether the lock is held; ``False`` when another holder kept it
+        for the whole wait (the caller then proceeds without it).
+        """
         path = self._locks / f"{hex_digest}.lock"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            pending: Future[None] = self._lock_pool.submit(fcntl.flock, fd, fcntl.LOCK_EX)
             try:
-                await asyncio.wrap_future(pending)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if loop.time() >= deadline:
+                    yield False
+                    return
+                await asyncio.sleep(LOCK_POLL_INTERVAL)
+                continue
             except BaseException:
-                # The thread may still get the lock later: release it by closing then.
-                pending.add_done_callback(functools.partial(_close_fd, fd))
+                os.close(fd)
                 raise
             try:
                 current = os.stat(path)
@@ -225,7 +298,7 @@ class ArtifactCache:
                 os.close(fd)  # the previous holder unlinked this file; lock the new one
                 continue
             try:
-                yield
+                yield True
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
@@ -304,12 +377,7 @@ class ArtifactCache:
         return evicted
 
     def close(self) -> None:
-        """Stop the lock-wait threads (a thread still waiting in ``flock`` finishes first)."""
-        self._lock_pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _close_fd(fd: int, _done: object) -> None:
-    os.close(fd)
+        """Release what the cache holds; it holds no threads or descriptors between calls."""
 
 
 def _check_hex(hex_digest: str) -> None:

@@ -16,7 +16,9 @@ Behaviour follows metio/jaas ``internal/sources/sources.go`` (``Fetch``,
 Past JaaS: with an :class:`~jaas.sources.cache.ArtifactCache` and a digest,
 downloads go through :meth:`~jaas.sources.cache.ArtifactCache.get_or_fetch`,
 so N concurrent fetches of one artifact, in one process or across the pod's
-processes, cause one download.
+processes, cause one download while it succeeds; a fetch from another URL
+with the same digest does not share that download's failure or slowness (it
+downloads from its own URL after the cache's ``share_wait``).
 
 SSRF defence (JaaS ``internal/urlguard`` and the dialer ``Control`` hook of
 ``internal/sources``), see :mod:`jaas.sources.urlguard`: the first URL and
@@ -262,7 +264,7 @@ class ArtifactFetcher:
             async def load() -> bytes:
                 return await self._download(target, expected, headers)
 
-            return await self.cache.get_or_fetch(expected, load)
+            return await self.cache.get_or_fetch(expected, load, origin=str(target))
         return await self._download(target, expected, headers)
 
     async def fetch_files(

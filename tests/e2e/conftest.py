@@ -24,6 +24,8 @@ from tests.e2e.helpers import TENANT_SA, create_namespace
 
 _HERE = Path(__file__).resolve().parent
 _started: list[ControlPlane] = []
+#: Figures measured by tests (printed at the end of the session, never asserted).
+FIGURES: list[str] = []
 
 #: Longest namespace name Kubernetes accepts (a DNS-1123 label).
 MAX_NAMESPACE_LENGTH = 63
@@ -52,6 +54,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                 f"{rss['kube-apiserver'] / 2**20:.0f} MiB, etcd {rss['etcd'] / 2**20:.0f} MiB"
             )
         terminalreporter.write_line(line)
+    for figure in FIGURES:
+        terminalreporter.write_line(figure)
 
 
 def namespace_name(hint: str) -> str:

@@ -166,7 +166,7 @@ async def test_in_process_single_flight(cache: ArtifactCache) -> None:
     assert cache.hits == 1
 
 
-async def test_loader_failure_reaches_every_waiter_and_is_not_cached(
+async def test_a_loader_failure_reaches_the_waiters_of_the_same_origin_and_is_not_cached(
     cache: ArtifactCache,
 ) -> None:
     hex_digest, data = blob(31)
@@ -189,6 +189,85 @@ async def test_loader_failure_reaches_every_waiter_and_is_not_cached(
 
     assert await cache.get_or_fetch(hex_digest, working) == data
     assert cache.downloads == 1
+
+
+async def test_another_origins_failure_is_not_shared(cache: ArtifactCache) -> None:
+    hex_digest, data = blob(35)
+    own_loads = 0
+
+    async def attacker() -> bytes:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("download http://attacker/slow: HTTP 404")
+
+    async def innocent() -> bytes:
+        nonlocal own_loads
+        own_loads += 1
+        return data
+
+    leader = asyncio.create_task(cache.get_or_fetch(hex_digest, attacker, origin="http://a"))
+    await asyncio.sleep(0)
+    assert await cache.get_or_fetch(hex_digest, innocent, origin="http://b") == data
+    with pytest.raises(RuntimeError, match="attacker"):
+        await leader
+    assert own_loads == 1
+    assert (cache.coalesced, cache.unshared, cache.downloads) == (1, 1, 1)
+    assert cache.get(hex_digest) == data
+
+
+async def test_a_slow_fill_of_another_origin_is_waited_for_only_share_wait(
+    tmp_path: Path,
+) -> None:
+    cache = ArtifactCache(tmp_path / "cache", share_wait=0.2)
+    hex_digest, data = blob(36)
+    never = asyncio.Event()
+
+    async def trickling() -> bytes:
+        await never.wait()
+        return data
+
+    async def own_failure() -> bytes:
+        raise RuntimeError("download http://b/own: HTTP 503")
+
+    async def own_success() -> bytes:
+        return data
+
+    leader = asyncio.create_task(cache.get_or_fetch(hex_digest, trickling, origin="http://a"))
+    await asyncio.sleep(0)
+    # The waiter's own error, not a wait for the stuck leader.
+    with pytest.raises(RuntimeError, match="http://b/own"):
+        await cache.get_or_fetch(hex_digest, own_failure, origin="http://b")
+    assert await cache.get_or_fetch(hex_digest, own_success, origin="http://c") == data
+    assert cache.unshared == 2
+    # Once an entry is verified on disk, every origin is served from it.
+    assert await cache.get_or_fetch(hex_digest, own_failure, origin="http://d") == data
+    assert not leader.done()
+    never.set()
+    assert await leader == data
+
+
+async def test_a_quick_fill_of_another_origin_is_shared(cache: ArtifactCache) -> None:
+    hex_digest, data = blob(37)
+    gate = asyncio.Event()
+    other_loads = 0
+
+    async def first() -> bytes:
+        await gate.wait()
+        return data
+
+    async def second() -> bytes:
+        nonlocal other_loads
+        other_loads += 1
+        return data
+
+    leader = asyncio.create_task(cache.get_or_fetch(hex_digest, first, origin="http://a"))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(cache.get_or_fetch(hex_digest, second, origin="http://b"))
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await waiter == data
+    assert await leader == data
+    assert other_loads == 0
+    assert (cache.coalesced, cache.unshared, cache.downloads) == (1, 0, 1)
 
 
 async def test_a_cache_that_cannot_be_written_still_returns_the_download(
@@ -278,6 +357,29 @@ async def test_two_caches_on_one_root_share_one_fill_through_the_file_lock(
     finally:
         first.close()
         second.close()
+
+
+async def test_a_lock_held_longer_than_share_wait_is_downloaded_around(tmp_path: Path) -> None:
+    first = ArtifactCache(tmp_path / "shared")
+    second = ArtifactCache(tmp_path / "shared", share_wait=0.2)
+    hex_digest, data = blob(41)
+    started = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stuck() -> bytes:
+        started.set()
+        await never.wait()
+        return data
+
+    async def own() -> bytes:
+        return data
+
+    holder = asyncio.create_task(first.get_or_fetch(hex_digest, stuck))
+    await started.wait()
+    assert await asyncio.wait_for(second.get_or_fetch(hex_digest, own), 5) == data
+    assert (second.downloads, second.hits) == (1, 0)
+    never.set()
+    assert await holder == data
 
 
 # --- across processes ------------------------------------------------------------------------
