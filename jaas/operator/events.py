@@ -19,6 +19,35 @@ from jaas.operator.kube import KubeClient
 log = logging.getLogger(__name__)
 
 REPORTING_CONTROLLER = "jaas.metio.wtf/jaas-operator"
+#: events.k8s.io/v1 validation (k8s.io/kubernetes pkg/apis/core/validation/events.go):
+#: ``note`` at most 1 KiB of UTF-8 (bytes, not characters), names a DNS subdomain.
+NOTE_MAX_BYTES = 1024
+NAME_MAX_LENGTH = 253
+_NAME_SUFFIX_LENGTH = 16
+
+
+def cut_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character.
+
+    A cut text ends with "…" (within the limit) so a reader sees it was cut.
+    """
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    ellipsis = "…".encode()
+    return encoded[: limit - len(ellipsis)].decode("utf-8", "ignore") + "…"
+
+
+def event_name(object_name: str) -> str:
+    """A fresh Event name for an object: ``<name>.<16 hex>``, a valid DNS subdomain.
+
+    A long object name (a snippet name may be 253 characters) is shortened so
+    the whole fits 253 characters, and the kept part ends alphanumeric.
+    """
+    keep = NAME_MAX_LENGTH - _NAME_SUFFIX_LENGTH - 1
+    prefix = object_name[:keep].rstrip(".-")
+    suffix = uuid.uuid4().hex[:_NAME_SUFFIX_LENGTH]
+    return f"{prefix}.{suffix}" if prefix else suffix
 
 
 class EventRecorder:
@@ -35,7 +64,9 @@ class EventRecorder:
     ) -> None:
         """Create one Event about ``regarding`` (an API object with apiVersion, kind, metadata).
 
-        ``type_`` is ``Normal`` or ``Warning``; ``note`` is cut to the API's 1 KiB.
+        ``type_`` is ``Normal`` or ``Warning``; ``note`` is cut to the API's
+        1 KiB of UTF-8 (``cut_utf8``) and the Event's name derived with
+        ``event_name``, so neither a long message nor a long name is refused.
         """
         meta = regarding.get("metadata") or {}
         namespace = str(meta.get("namespace") or "default")
@@ -44,7 +75,7 @@ class EventRecorder:
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
             "metadata": {
-                "name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}",
+                "name": event_name(str(meta.get("name") or "")),
                 "namespace": namespace,
             },
             "eventTime": now,
@@ -53,7 +84,7 @@ class EventRecorder:
             "action": action,
             "reason": reason,
             "type": type_,
-            "note": note[:1024],
+            "note": cut_utf8(note, NOTE_MAX_BYTES),
             "regarding": {
                 "apiVersion": regarding.get("apiVersion"),
                 "kind": regarding.get("kind"),

@@ -104,3 +104,33 @@ async def test_a_source_with_another_tenants_digest_on_a_slow_server_harms_only_
     assert ready(synced)["status"] == "True"
     # The victim's own server was asked for the artifact.
     assert flux.requests[f"bucket/{victim}/own/{published.path.rsplit('/', 1)[1]}"] >= 1
+
+
+async def test_a_long_name_and_a_long_multibyte_error_still_get_their_warning_event(
+    kube_client: KubeClient,
+) -> None:
+    client = kube_client
+    ns = await create_namespace(client, "hostile-events")
+    name = "n" * 200 + "-" + "x" * 39  # 240 characters
+    program = "error std.join('', std.makeArray(2000, function(i) '✓'))"
+    await create_snippet(client, ns, name, files={"main.jsonnet": program})
+    failed = await wait_reason(client, ns, name, "EvaluationFailed")
+    assert "✓✓✓" in ready(failed)["message"]
+
+    async def warning() -> dict[str, object] | None:
+        events = await client.get(f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
+        for event in events["items"]:
+            if event["regarding"]["name"] == name and event["reason"] == "EvaluationFailed":
+                return dict(event)
+        return None
+
+    deadline = time.monotonic() + 30
+    event = await warning()
+    while event is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        event = await warning()
+    assert event is not None, "no EvaluationFailed event was recorded"
+    assert event["type"] == "Warning"
+    note = str(event["note"])
+    assert "✓" in note
+    assert len(note.encode()) <= 1024
