@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from jaas import __version__
+from jaas import __version__, defaults
 from jaas.api.models import format_duration
 from jaas.operator.ratelimit import parse_rate
 from jaas.options import (
@@ -194,6 +194,37 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=d.concurrent_reconciles,
         help="snippets reconciled at once per shard",
+    )
+    op.add_argument(
+        "--max-concurrent-downloads",
+        type=_positive_int,
+        default=d.max_concurrent_downloads,
+        help="artifact downloads per shard at once; one namespace holds all but one at most",
+    )
+    op.add_argument(
+        "--download-connect-timeout",
+        type=duration_flag,
+        default=format_duration(d.download_connect_timeout),
+        help="longest wait to connect to an artifact server",
+    )
+    op.add_argument(
+        "--download-first-byte-timeout",
+        type=duration_flag,
+        default=format_duration(d.download_first_byte_timeout),
+        help="longest wait from an artifact request to the response headers",
+    )
+    op.add_argument(
+        "--download-idle-timeout",
+        type=duration_flag,
+        default=format_duration(d.download_idle_timeout),
+        help="longest pause between two reads of an artifact body",
+    )
+    op.add_argument(
+        "--download-min-rate",
+        type=parse_quantity,
+        default=format_quantity(d.download_min_rate),
+        help="bytes per second an artifact body must average after its first "
+        f"{format_duration(defaults.DOWNLOAD_MIN_RATE_GRACE)}; 0 disables",
     )
     op.add_argument(
         "--permanent-retry-interval",

@@ -40,6 +40,29 @@ CACHE_MAX_BYTES: Final = 1 * GiB
 ARTIFACT_GC_GRACE: Final = 300.0
 #: ``--storage-sweep-interval`` (JaaS: 10m).
 STORAGE_SWEEP_INTERVAL: Final = 600.0
+# --- artifact downloads (JaaS internal/sources: 4 at once, 64 MiB, 30 s connect, 300 s) ---
+#: ``--max-concurrent-downloads``: artifact downloads one shard runs at once; one
+#: namespace holds at most all but one of them.
+MAX_CONCURRENT_DOWNLOADS: Final = 4
+#: Cap on a downloaded (compressed) artifact.
+MAX_DOWNLOAD_BYTES: Final = 64 * MiB
+#: Whole attempt, connect to last byte (JaaS's only read bound).
+DOWNLOAD_TIMEOUT: Final = 300.0
+#: ``--download-connect-timeout`` (JaaS: 30s). A Service in the cluster connects in ms.
+DOWNLOAD_CONNECT_TIMEOUT: Final = 10.0
+#: ``--download-first-byte-timeout``: request sent to response headers (keep it
+#: at most the idle timeout, which bounds every read, the headers' included).
+DOWNLOAD_FIRST_BYTE_TIMEOUT: Final = 15.0
+#: ``--download-idle-timeout``: longest pause between two reads of the body.
+DOWNLOAD_IDLE_TIMEOUT: Final = 20.0
+#: ``--download-min-rate`` (bytes/s): the body's average rate once
+#: ``DOWNLOAD_MIN_RATE_GRACE`` seconds of it have passed; 0 disables. A
+#: source-controller behind a Service serves hundreds of MiB/s.
+DOWNLOAD_MIN_RATE: Final = 64 * KiB
+DOWNLOAD_MIN_RATE_GRACE: Final = 5.0
+#: Tries of a transient download failure, and the nominal wait before the second.
+DOWNLOAD_ATTEMPTS: Final = 3
+DOWNLOAD_RETRY_BACKOFF: Final = 0.5
 #: Longest wait (seconds) for another source's in-flight download of the same
 #: digest before downloading from one's own URL: a fill shared by digest is
 #: shared only while it is quick and only if it succeeds.

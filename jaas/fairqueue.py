@@ -26,10 +26,12 @@ need no lock).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -94,6 +96,23 @@ class FairQueue(Generic[F, T]):
         self._length += 1
         if len(state.items) == 1 and flow not in self._held:
             self._index_head(flow, state)
+
+    def charge(self, flow: F) -> None:
+        """Count a turn ``flow`` got without queueing (a slot that was free at once).
+
+        The turn is tagged as if its item had been pushed and popped now, so
+        a flow served on the fast path does not also go first the next time
+        everyone has to wait.
+        """
+        state = self._flows.get(flow)
+        finish = state.finish if state is not None else self._finished.get(flow, 0)
+        start = max(self._virtual_time, finish)
+        self._virtual_time = start
+        if state is not None:
+            state.finish = start + 1
+        else:
+            self._finished[flow] = start + 1
+            self._forget_finished()
 
     def pop(self) -> T:
         """Remove and return the waiting item with the smallest start tag.
@@ -201,3 +220,95 @@ class FairQueue(Generic[F, T]):
         if len(self._finished) > 2 * len(self._flows) + 64:
             now = self._virtual_time
             self._finished = {f: t for f, t in self._finished.items() if t > now}
+
+
+class FairSlots(Generic[F]):
+    """``slots`` interchangeable slots (e.g. download connections) shared fairly between flows.
+
+    A caller holds a slot with ``async with slots.hold(flow):``. While every
+    slot is taken, callers wait in a ``FairQueue`` by flow and a freed slot
+    goes to the flow whose fair turn it is; a flow never holds more than
+    ``per_flow`` slots at once, so one tenant's slow transfers leave the other
+    slots to everyone else. Not thread-safe; one asyncio event loop.
+
+    Args:
+        slots: slots in total (>= 1).
+        per_flow: most slots one flow holds at once; default ``slots - 1``
+            (at least 1), so a slot is always left for another flow.
+
+    Raises:
+        ValueError: ``slots`` or ``per_flow`` is below 1.
+    """
+
+    def __init__(self, slots: int, *, per_flow: int | None = None) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        self.slots = slots
+        self.per_flow = per_flow if per_flow is not None else max(1, slots - 1)
+        if self.per_flow < 1:
+            raise ValueError(f"per_flow must be at least 1, got {self.per_flow}")
+        self._free = slots
+        self._held: dict[F, int] = {}
+        self._waiters: FairQueue[F, tuple[F, asyncio.Future[None]]] = FairQueue()
+
+    @property
+    def in_use(self) -> int:
+        """Slots held now."""
+        return self.slots - self._free
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a slot."""
+        return len(self._waiters)
+
+    def held_by(self, flow: F) -> int:
+        """Slots ``flow`` holds now."""
+        return self._held.get(flow, 0)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, flow: F) -> AsyncIterator[None]:
+        """Hold one slot for ``flow`` for the body of the ``async with``."""
+        await self._acquire(flow)
+        try:
+            yield
+        finally:
+            self._release(flow)
+
+    async def _acquire(self, flow: F) -> None:
+        if self._free and not self._waiters.servable and self.held_by(flow) < self.per_flow:
+            self._waiters.charge(flow)
+            self._take(flow)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (flow, waiter)
+        self._waiters.push(flow, entry)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release(flow)  # granted as we were cancelled: hand it on
+            else:
+                self._waiters.remove(flow, entry)
+            raise
+
+    def _take(self, flow: F) -> None:
+        self._free -= 1
+        held = self._held[flow] = self.held_by(flow) + 1
+        if held >= self.per_flow:
+            self._waiters.hold(flow)
+
+    def _release(self, flow: F) -> None:
+        self._free += 1
+        held = self.held_by(flow) - 1
+        if held > 0:
+            self._held[flow] = held
+        else:
+            self._held.pop(flow, None)
+        if held < self.per_flow:
+            self._waiters.release(flow)
+        while self._free and self._waiters.servable:
+            owner, waiter = self._waiters.pop()
+            if waiter.done():
+                continue
+            self._take(owner)
+            waiter.set_result(None)

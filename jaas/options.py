@@ -93,6 +93,11 @@ class OperatorOptions:
     cache_max_bytes: int = defaults.CACHE_MAX_BYTES
     no_cross_namespace_refs: bool = defaults.NO_CROSS_NAMESPACE_REFS
     concurrent_reconciles: int = defaults.CONCURRENT_RECONCILES
+    max_concurrent_downloads: int = defaults.MAX_CONCURRENT_DOWNLOADS
+    download_connect_timeout: float = defaults.DOWNLOAD_CONNECT_TIMEOUT
+    download_first_byte_timeout: float = defaults.DOWNLOAD_FIRST_BYTE_TIMEOUT
+    download_idle_timeout: float = defaults.DOWNLOAD_IDLE_TIMEOUT
+    download_min_rate: int = defaults.DOWNLOAD_MIN_RATE
     permanent_retry_interval: float = defaults.PERMANENT_RETRY_INTERVAL
     artifact_gc_grace: float = defaults.ARTIFACT_GC_GRACE
     storage_sweep_interval: float = defaults.STORAGE_SWEEP_INTERVAL

@@ -490,6 +490,7 @@ class EvaluatorPool:
                 worker = self._idle.popleft()
                 if worker.alive:
                     worker.busy = True
+                    self._waiters.charge(flow)  # a turn, though nobody had to wait
                     return worker
         waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
         self._waiters.push(flow, waiter)

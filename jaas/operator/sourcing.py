@@ -48,9 +48,9 @@ class Fetcher(Protocol):
     """What sourcing needs of ``jaas.sources.fetch.ArtifactFetcher``."""
 
     async def fetch_files(
-        self, url: str, digest: str | None, path: str = ""
+        self, url: str, digest: str | None, path: str = "", *, flow: str = ""
     ) -> dict[str, bytes]:  # pragma: no cover - protocol
-        """Download, verify and extract an artifact."""
+        """Download, verify and extract an artifact; ``flow`` is the tenant namespace."""
         ...
 
 
@@ -128,7 +128,13 @@ async def resolve_source(
     )
     try:
         return await _fetch(
-            source_ref, namespace, ident, reader=reader, fetcher=fetcher, stage=stage
+            source_ref,
+            namespace,
+            ident,
+            reader=reader,
+            fetcher=fetcher,
+            stage=stage,
+            tenant=owner_namespace,
         )
     except ReasonError as err:
         if namespace == owner_namespace:
@@ -149,6 +155,7 @@ async def _fetch(
     reader: Reader,
     fetcher: Fetcher,
     stage: str,
+    tenant: str,
 ) -> ResolvedSource:
     try:
         obj = await reader.get(source_path(source_ref, namespace))
@@ -179,7 +186,8 @@ async def _fetch(
             Reason.SOURCE_FETCH_FAILED, f"{stage}: {ident} has a non-string artifact digest"
         )
     try:
-        files = await fetcher.fetch_files(url, digest or None, source_ref.path)
+        # Download slots are shared fairly by the namespace the work is for.
+        files = await fetcher.fetch_files(url, digest or None, source_ref.path, flow=tenant)
     except ReasonError as err:
         raise ReasonError(
             err.reason, f"{stage}: {ident}: {err.message}", transient=err.transient

@@ -92,7 +92,13 @@ async def run_shard(
     client = await connect(options.kubeconfig)
     artifact_cache = ArtifactCache(Path(options.cache_path), options.cache_max_bytes)
     fetcher = ArtifactFetcher(
-        artifact_cache, guard=URLGuard(allow_loopback=options.artifact_allow_loopback)
+        artifact_cache,
+        max_concurrent_downloads=options.max_concurrent_downloads,
+        connect_timeout=options.download_connect_timeout,
+        first_byte_timeout=options.download_first_byte_timeout,
+        idle_timeout=options.download_idle_timeout,
+        min_rate=options.download_min_rate,
+        guard=URLGuard(allow_loopback=options.artifact_allow_loopback),
     )
     assignment = RingAssignment(shard, members)
     index = TriggerIndex()

@@ -5,7 +5,7 @@ Behaviour follows metio/jaas ``internal/sources/sources.go`` (``Fetch``,
 
 - at most ``max_concurrent_downloads`` (4) downloads at once per fetcher;
 - environment proxies are ignored (``trust_env=False``); up to 10 redirects;
-  a 300 s total timeout and 30 s connect timeout per attempt;
+  a 300 s total timeout per attempt;
 - the body is streamed with a running sha256 and a 64 MiB cap;
 - only ``sha256:`` digests; mismatch, malformed digest, a body over the cap
   and any 4xx except 408/429 are permanent ``SourceFetchFailed``; 5xx, 408,
@@ -13,7 +13,15 @@ Behaviour follows metio/jaas ``internal/sources/sources.go`` (``Fetch``,
   with a short exponential backoff, then raised as transient;
 - an empty digest skips verification (and the cache, which is keyed by it).
 
-Past JaaS: with an :class:`~jaas.sources.cache.ArtifactCache` and a digest,
+Past JaaS: download slots are shared fairly between the namespaces that ask
+(``jaas.fairqueue.FairSlots``; one namespace holds at most all slots but
+one), and a slow server is cut off early: a connect timeout, a first-byte
+timeout (request to response headers), an idle timeout between reads and a
+minimum average transfer rate once the body has had a grace period, each a
+transient ``SourceFetchFailed`` naming the flag that bounds it. So a tenant
+whose servers trickle ties up only its own slots, and only for seconds.
+
+With an :class:`~jaas.sources.cache.ArtifactCache` and a digest,
 downloads go through :meth:`~jaas.sources.cache.ArtifactCache.get_or_fetch`,
 so N concurrent fetches of one artifact, in one process or across the pod's
 processes, cause one download while it succeeds; a fetch from another URL
@@ -37,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Final
 
 import aiohttp
@@ -45,19 +53,15 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from jaas import defaults
 from jaas.api.reasons import Reason, ReasonError
 from jaas.backoff import Backoff
+from jaas.fairqueue import FairSlots
 from jaas.sources.cache import ArtifactCache
 from jaas.sources.digest import format_digest, parse_digest
 from jaas.sources.extract import ArchiveError, extract_tarball
 from jaas.sources.urlguard import ForbiddenURLError, URLGuard, redact
 
-MiB: Final = 1 << 20
-DEFAULT_MAX_DOWNLOAD_BYTES: Final = 64 * MiB
-DEFAULT_TIMEOUT_SECONDS: Final = 300.0
-DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 30.0
-DEFAULT_ATTEMPTS: Final = 3
-DEFAULT_RETRY_BACKOFF_SECONDS: Final = 0.5
 MAX_REDIRECTS: Final = 10
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _CHUNK: Final = 256 * 1024
@@ -150,10 +154,18 @@ class ArtifactFetcher:
 
     Args:
         cache: the pod's artifact cache, or None to always download.
-        max_concurrent_downloads: downloads in flight at once (JaaS: 4).
+        max_concurrent_downloads: downloads in flight at once (JaaS: 4),
+            shared fairly between flows (``fetch``'s ``flow``, the tenant
+            namespace); one flow holds at most all but one of them.
         max_download_bytes: cap on the compressed body (JaaS: 64 MiB).
         timeout: seconds for one attempt, connect to last byte (JaaS: 300).
         connect_timeout: seconds to connect (JaaS: 30).
+        first_byte_timeout: seconds from sending the request to the response
+            headers.
+        idle_timeout: longest pause between two reads of the body, seconds.
+        min_rate: bytes/s the body must average once ``min_rate_grace``
+            seconds of it have passed; 0 disables.
+        min_rate_grace: seconds of body transfer before ``min_rate`` applies.
         attempts: tries for a transient failure before giving up (>= 1).
         retry_backoff: seconds before the second try; doubles after each
             try, with jitter (each wait is 50–100 % of the nominal value).
@@ -173,12 +185,16 @@ class ArtifactFetcher:
         self,
         cache: ArtifactCache | None,
         *,
-        max_concurrent_downloads: int = 4,
-        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
-        attempts: int = DEFAULT_ATTEMPTS,
-        retry_backoff: float = DEFAULT_RETRY_BACKOFF_SECONDS,
+        max_concurrent_downloads: int = defaults.MAX_CONCURRENT_DOWNLOADS,
+        max_download_bytes: int = defaults.MAX_DOWNLOAD_BYTES,
+        timeout: float = defaults.DOWNLOAD_TIMEOUT,
+        connect_timeout: float = defaults.DOWNLOAD_CONNECT_TIMEOUT,
+        first_byte_timeout: float = defaults.DOWNLOAD_FIRST_BYTE_TIMEOUT,
+        idle_timeout: float = defaults.DOWNLOAD_IDLE_TIMEOUT,
+        min_rate: float = defaults.DOWNLOAD_MIN_RATE,
+        min_rate_grace: float = defaults.DOWNLOAD_MIN_RATE_GRACE,
+        attempts: int = defaults.DOWNLOAD_ATTEMPTS,
+        retry_backoff: float = defaults.DOWNLOAD_RETRY_BACKOFF,
         guard: URLGuard | None = None,
         resolver: AbstractResolver | None = None,
     ) -> None:
@@ -192,8 +208,15 @@ class ArtifactFetcher:
         self.retry_backoff = retry_backoff
         # 75 % ± 25 % of the nominal delay: retries of many snippets spread apart.
         self._backoff = Backoff(0.75 * retry_backoff, 3600.0, jitter=1 / 3)
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
-        self._semaphore = asyncio.Semaphore(max_concurrent_downloads)
+        self.connect_timeout = connect_timeout
+        self.first_byte_timeout = first_byte_timeout
+        self.idle_timeout = idle_timeout
+        self.min_rate = min_rate
+        self.min_rate_grace = min_rate_grace
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout, sock_connect=connect_timeout, sock_read=idle_timeout
+        )
+        self.slots: FairSlots[str] = FairSlots(max_concurrent_downloads)
         self._session: aiohttp.ClientSession | None = None
         self._guarded_resolver: GuardedResolver | None = None
         self.requests = 0
@@ -241,7 +264,12 @@ class ArtifactFetcher:
         return self.guard.check(url)
 
     async def fetch(
-        self, url: str, digest: str | None, *, headers: Mapping[str, str] | None = None
+        self,
+        url: str,
+        digest: str | None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        flow: str = "",
     ) -> bytes:
         """Return the artifact's tarball bytes, verified against ``digest`` when one is given.
 
@@ -250,6 +278,8 @@ class ArtifactFetcher:
             digest: ``status.artifact.digest`` (``sha256:<hex>``); None or
                 empty skips verification and caching.
             headers: extra request headers, e.g. ``traceparent``.
+            flow: whom the download is for (the tenant namespace): download
+                slots are shared fairly between flows.
 
         Raises:
             ForbiddenURLError: the URL, a redirect target or the address its
@@ -262,10 +292,10 @@ class ArtifactFetcher:
         if self.cache is not None and expected is not None:
 
             async def load() -> bytes:
-                return await self._download(target, expected, headers)
+                return await self._download(target, expected, headers, flow)
 
             return await self.cache.get_or_fetch(expected, load, origin=str(target))
-        return await self._download(target, expected, headers)
+        return await self._download(target, expected, headers, flow)
 
     async def fetch_files(
         self,
@@ -274,6 +304,7 @@ class ArtifactFetcher:
         path: str = "",
         *,
         headers: Mapping[str, str] | None = None,
+        flow: str = "",
     ) -> dict[str, bytes]:
         """Fetch the artifact and extract it (in a thread) with the JaaS caps and name rules.
 
@@ -286,7 +317,7 @@ class ArtifactFetcher:
             ReasonError: ``SourceFetchFailed`` (see :meth:`fetch` and
                 :func:`~jaas.sources.extract.extract_tarball`).
         """
-        data = await self.fetch(url, digest, headers=headers)
+        data = await self.fetch(url, digest, headers=headers, flow=flow)
         try:
             return await asyncio.to_thread(extract_tarball, data, path=path)
         except ArchiveError as err:
@@ -294,12 +325,12 @@ class ArtifactFetcher:
             raise ArchiveError(f"{err.message} (from {redact(url)})", transient=transient) from err
 
     async def _download(
-        self, target: URL, expected: str | None, headers: Mapping[str, str] | None
+        self, target: URL, expected: str | None, headers: Mapping[str, str] | None, flow: str
     ) -> bytes:
         retries = self._backoff.retries()
         for attempt in range(1, self.attempts + 1):
             try:
-                async with self._semaphore:
+                async with self.slots.hold(flow):
                     return await self._get(target, expected, headers)
             except ReasonError as err:
                 if not err.transient or attempt == self.attempts:
@@ -328,9 +359,10 @@ class ArtifactFetcher:
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 self.requests += 1
-                async with session.get(
-                    url, headers=request_headers, allow_redirects=False
-                ) as response:
+                response = await self._response_headers(
+                    session.get(url, headers=request_headers, allow_redirects=False), shown
+                )
+                async with response:
                     location = response.headers.get("Location")
                     if response.status in _REDIRECT_STATUSES and location:
                         url = self.check_url(_resolve_redirect(url, location))
@@ -349,10 +381,23 @@ class ArtifactFetcher:
                     f"download {shown}: stopped after {MAX_REDIRECTS} redirects",
                     transient=True,
                 )
+        except aiohttp.ConnectionTimeoutError as err:
+            raise ReasonError(
+                Reason.SOURCE_FETCH_FAILED,
+                f"download {shown}: no connection within {self.connect_timeout:g} s "
+                "(--download-connect-timeout)",
+                transient=True,
+            ) from err
+        except aiohttp.SocketTimeoutError as err:
+            raise ReasonError(
+                Reason.SOURCE_FETCH_FAILED,
+                f"download {shown}: no data for {self.idle_timeout:g} s (--download-idle-timeout)",
+                transient=True,
+            ) from err
         except TimeoutError as err:
             raise ReasonError(
                 Reason.SOURCE_FETCH_FAILED,
-                f"download {shown}: timed out after {self._timeout.total} s",
+                f"download {shown}: timed out after {self._timeout.total:g} s",
                 transient=True,
             ) from err
         except aiohttp.ClientError as err:
@@ -387,13 +432,50 @@ class ArtifactFetcher:
         hasher = hashlib.sha256()
         chunks: list[bytes] = []
         received = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         async for chunk in response.content.iter_chunked(_CHUNK):
             received += len(chunk)
             if received > limit:
                 raise too_large
             hasher.update(chunk)
             chunks.append(chunk)
+            elapsed = loop.time() - started
+            slow = received < self.min_rate * elapsed
+            if self.min_rate and elapsed > self.min_rate_grace and slow:
+                raise ReasonError(
+                    Reason.SOURCE_FETCH_FAILED,
+                    f"download {redact(target)}: {received} bytes in {elapsed:.1f} s, below the "
+                    f"minimum rate of {self.min_rate:g} bytes/s (--download-min-rate)",
+                    transient=True,
+                )
         return b"".join(chunks), hasher.hexdigest()
+
+    async def _response_headers(
+        self, request: Awaitable[aiohttp.ClientResponse], shown: str
+    ) -> aiohttp.ClientResponse:
+        """Await ``request`` (a ``session.get``) up to its headers, within the first-byte timeout.
+
+        Raises:
+            ReasonError: transient ``SourceFetchFailed`` when no headers came in
+                time (from either bound on that wait: ours or aiohttp's idle read).
+            aiohttp.ConnectionTimeoutError: the connect timeout, for ``_get``.
+        """
+        deadline = asyncio.timeout(self.first_byte_timeout)
+        try:
+            async with deadline:
+                return await request
+        except aiohttp.ConnectionTimeoutError:
+            raise
+        except TimeoutError as err:
+            if not deadline.expired() and not isinstance(err, aiohttp.SocketTimeoutError):
+                raise  # the attempt's total timeout
+            raise ReasonError(
+                Reason.SOURCE_FETCH_FAILED,
+                f"download {shown}: no response within {self.first_byte_timeout:g} s "
+                "(--download-first-byte-timeout)",
+                transient=True,
+            ) from err
 
 
 def _resolve_redirect(current: URL, location: str) -> URL:

@@ -16,6 +16,7 @@ from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
 from jaas.operator.kube import KubeClient
+from jaas.shards.assignment import HashRing
 from jaas.testing.flux import FluxPublisher, make_tarball
 from jaas.testing.operator import OperatorProcess
 from tests.e2e.conftest import FIGURES
@@ -134,3 +135,57 @@ async def test_a_long_name_and_a_long_multibyte_error_still_get_their_warning_ev
     note = str(event["note"])
     assert "✓" in note
     assert len(note.encode()) <= 1024
+
+
+def same_shard(base: str, other_hint: str) -> str:
+    """A namespace name starting with ``other_hint`` on the same session shard as ``base``."""
+    ring = HashRing(["shard-0", "shard-1"])
+    for n in range(1000):
+        candidate = f"{other_hint}-{n}"
+        if ring.owner(candidate) == ring.owner(base):
+            return candidate
+    raise AssertionError("no namespace on the same shard")
+
+
+async def test_trickling_servers_delay_only_their_tenant_and_fail_with_a_clean_reason(
+    kube_client: KubeClient,
+    kube: ApiClient,
+    flux: FluxPublisher,
+    trickling: TricklingServer,
+) -> None:
+    client = kube_client
+    slow_ns = await create_namespace(client, "hostile-trickle")
+    neighbour = await create_namespace(client, same_shard(slow_ns, "hostile-neighbour"))
+    # Eight sources (more than the shard's four download slots) on a server that
+    # sends one byte a second, each with its own digest, behind credentials and a token.
+    slow = trickling.url.replace("http://", "http://admin:S3cr3t@") + "/slow?token=T0K3N"
+    for i in range(8):
+        published = await flux.publish_tarball(
+            kube,
+            "Bucket",
+            slow_ns,
+            f"slow-{i}",
+            make_tarball({"main.jsonnet": f"{{ i: {i} }}"}),
+            "r1",
+        )
+        flux.put_redirect(published.path, slow)
+        await create_snippet(
+            client, slow_ns, f"s{i}", sourceRef={"kind": "Bucket", "name": f"slow-{i}"}
+        )
+    await asyncio.wait_for(trickling.requested.wait(), 30)
+    await flux.publish_tarball(
+        kube, "Bucket", neighbour, "fine", make_tarball({"main.jsonnet": "{ ok: true }"}), "r1"
+    )
+    started = time.monotonic()
+    await create_snippet(client, neighbour, "n", sourceRef={"kind": "Bucket", "name": "fine"})
+    await wait_reason(client, neighbour, "n", "Synced", timeout=60)
+    latency = time.monotonic() - started
+    FIGURES.append(
+        f"hostile: neighbour create→Ready on the same shard as 8 trickling sources: {latency:.2f} s"
+    )
+    failed = await wait_reason(client, slow_ns, "s0", "SourceFetchFailed", timeout=120)
+    message = ready(failed)["message"]
+    assert "--download-min-rate" in message
+    assert "S3cr3t" not in message
+    assert "T0K3N" not in message
+    assert "admin" not in message

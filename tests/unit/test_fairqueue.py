@@ -208,3 +208,16 @@ def test_nothing_is_lost_or_reordered_within_a_flow(ops: list[tuple[str, str | N
         for f, items in model.items():
             assert queue.depth(f) == len(items)
     assert set(queue.flows()) == {f for f, items in model.items() if items and f not in held}
+
+
+def test_a_turn_charged_on_the_fast_path_counts_like_a_served_item() -> None:
+    queue: FairQueue[str, str] = FairQueue()
+    queue.charge("a")  # a got a slot without waiting
+    queue.push("a", "a2")
+    queue.push("b", "b1")
+    assert drain(queue) == ["b1", "a2"]
+    queue.charge("c")
+    queue.charge("c")
+    queue.push("c", "c3")
+    queue.push("d", "d1")
+    assert drain(queue) == ["d1", "c3"]

@@ -45,8 +45,12 @@ class FakeFetcher:
 
     def __init__(self) -> None:
         self.files: dict[str, dict[str, bytes]] = {}
+        self.flows: list[str] = []
 
-    async def fetch_files(self, url: str, digest: str | None, path: str = "") -> dict[str, bytes]:
+    async def fetch_files(
+        self, url: str, digest: str | None, path: str = "", *, flow: str = ""
+    ) -> dict[str, bytes]:
+        self.flows.append(flow)
         if url not in self.files:
             raise ReasonError(Reason.SOURCE_FETCH_FAILED, f"download {url}: HTTP 404")
         return dict(self.files[url])
@@ -534,3 +538,11 @@ async def test_a_synced_snippet_with_an_interval_asks_to_render_again_after_it(
     assert every.requeue_after is not None
     assert 570 <= every.requeue_after <= 630  # 10m ± 5 % jitter (Flux)
     assert once.requeue_after is None
+
+
+async def test_downloads_are_charged_to_the_namespace_the_work_is_for(tmp_path: Path) -> None:
+    h = Harness(tmp_path, no_cross_namespace_refs=False)
+    h.source("GitRepository", "shared", {"main.jsonnet": b"{}"}, namespace="other")
+    h.snippet("mine", sourceRef={"kind": "GitRepository", "name": "shared", "namespace": "other"})
+    assert await h.reason("mine") == "Synced"
+    assert h.fetcher.flows == [NS]  # the snippet's namespace, not the source's

@@ -58,6 +58,7 @@ class ArtifactServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.release = asyncio.Event()
+        self.slow_requested = asyncio.Event()
         self.two_in_flight = asyncio.Event()
         self.base = ""
         self.port = 0
@@ -77,6 +78,9 @@ class ArtifactServer:
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/encoded/{name}", self.content_encoded)
         app.router.add_get("/overlap/{name}", self.overlap)
+        app.router.add_get("/trickle", self.trickle)
+        app.router.add_get("/no-headers", self.no_headers)
+        app.router.add_get("/stall", self.stall)
         return app
 
     def record(self, request: web.Request) -> None:
@@ -132,8 +136,32 @@ class ArtifactServer:
 
     async def slow(self, request: web.Request) -> web.Response:
         self.record(request)
+        self.slow_requested.set()
         await asyncio.wait_for(self.release.wait(), 30)
         return web.Response(body=TARBALL)
+
+    async def trickle(self, request: web.Request) -> web.StreamResponse:
+        # One byte every 50 ms, forever: never idle, hopelessly slow.
+        self.record(request)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        while True:
+            await response.write(b"\x1f")
+            await asyncio.sleep(0.05)
+
+    async def no_headers(self, request: web.Request) -> web.Response:
+        self.record(request)
+        await asyncio.sleep(30)
+        return web.Response(body=TARBALL)
+
+    async def stall(self, request: web.Request) -> web.StreamResponse:
+        # Some bytes, then silence.
+        self.record(request)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(TARBALL[:10])
+        await asyncio.sleep(30)
+        return response
 
     async def content_encoded(self, request: web.Request) -> web.Response:
         # The tarball is gzip data; a client that honours Content-Encoding would hand
@@ -163,7 +191,7 @@ class ArtifactServer:
 async def serving(address: str) -> AsyncIterator[ArtifactServer]:
     """An ArtifactServer listening on ``address`` (a loopback IP) and a free port."""
     state = ArtifactServer()
-    runner = web.AppRunner(state.app())
+    runner = web.AppRunner(state.app(), shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, address, 0)
     await site.start()
@@ -412,7 +440,9 @@ async def test_concurrent_downloads_are_bounded(server: ArtifactServer) -> None:
     fetcher = ArtifactFetcher(None, max_concurrent_downloads=2, guard=LOOPBACK)
     url = f"{server.base}/overlap/artifact.tar.gz"
     try:
-        results = await asyncio.gather(*(fetcher.fetch(url, DIGEST) for _ in range(5)))
+        results = await asyncio.gather(
+            *(fetcher.fetch(url, DIGEST, flow=f"ns-{n % 2}") for n in range(5))
+        )
     finally:
         await fetcher.close()
     assert results == [TARBALL] * 5
@@ -703,4 +733,67 @@ async def test_error_messages_leave_out_credentials_and_query(server: ArtifactSe
             for leak in ("secret", "user", "token=x", "frag"):
                 assert leak not in message, (url, message)
     finally:
+        await fetcher.close()
+
+
+def quick_fetcher(**limits: float) -> ArtifactFetcher:
+    """A loopback fetcher with one attempt and the given download limits."""
+    return ArtifactFetcher(None, attempts=1, guard=LOOPBACK, **limits)  # type: ignore[arg-type]
+
+
+async def test_a_server_that_sends_no_headers_is_cut_off_at_the_first_byte_timeout(
+    server: ArtifactServer,
+) -> None:
+    fetcher = quick_fetcher(first_byte_timeout=0.3)
+    try:
+        with pytest.raises(ReasonError, match=r"no response within 0\.3 s") as info:
+            await fetcher.fetch(f"{server.base}/no-headers", DIGEST)
+    finally:
+        await fetcher.close()
+    assert info.value.transient
+    assert "--download-first-byte-timeout" in info.value.message
+
+
+async def test_a_body_that_stops_is_cut_off_at_the_idle_timeout(server: ArtifactServer) -> None:
+    fetcher = quick_fetcher(idle_timeout=0.3)
+    try:
+        with pytest.raises(ReasonError, match=r"no data for 0\.3 s") as info:
+            await fetcher.fetch(f"{server.base}/stall", DIGEST)
+    finally:
+        await fetcher.close()
+    assert info.value.transient
+    assert "--download-idle-timeout" in info.value.message
+
+
+async def test_a_trickle_is_cut_off_below_the_minimum_rate(server: ArtifactServer) -> None:
+    fetcher = quick_fetcher(min_rate=1000, min_rate_grace=0.3)
+    try:
+        with pytest.raises(ReasonError, match="below the minimum rate of 1000 bytes/s") as info:
+            await fetcher.fetch(f"{server.base}/trickle", DIGEST)
+    finally:
+        await fetcher.close()
+    assert info.value.transient
+    assert "--download-min-rate" in info.value.message
+
+
+async def test_one_namespaces_slow_downloads_leave_a_slot_for_another(
+    server: ArtifactServer,
+) -> None:
+    fetcher = ArtifactFetcher(None, max_concurrent_downloads=2, attempts=1, guard=LOOPBACK)
+    slow = [
+        asyncio.create_task(fetcher.fetch(f"{server.base}/slow", DIGEST, flow="slow"))
+        for _ in range(4)
+    ]
+    try:
+        await asyncio.wait_for(server.slow_requested.wait(), 5)
+        # The slow namespace holds one slot and queues the rest; the other slot is free.
+        assert fetcher.slots.held_by("slow") == 1
+        fast = await asyncio.wait_for(
+            fetcher.fetch(f"{server.base}/a/artifact.tar.gz", DIGEST, flow="fast"), 5
+        )
+        assert fast == TARBALL
+        assert server.hits.count("/slow") == 1
+    finally:
+        server.release.set()
+        assert await asyncio.gather(*slow) == [TARBALL] * 4
         await fetcher.close()
