@@ -31,7 +31,7 @@ def set_condition(
     conditions: Sequence[Condition] | None,
     *,
     type_: str,
-    status: bool,
+    status: bool | None,
     reason: str,
     message: str,
     observed_generation: int | None = None,
@@ -39,10 +39,11 @@ def set_condition(
 ) -> list[Condition]:
     """Return a new conditions list with ``type_`` set, preserving the others' order.
 
-    ``status`` True/False maps to ``"True"``/``"False"``. ``lastTransitionTime``
-    is kept when the status does not change, else set to ``now``.
+    ``status`` True/False/None maps to ``"True"``/``"False"``/``"Unknown"``.
+    ``lastTransitionTime`` is kept when the status does not change, else set
+    to ``now``.
     """
-    status_text = "True" if status else "False"
+    status_text = "Unknown" if status is None else "True" if status else "False"
     previous = find_condition(conditions, type_)
     transition = (
         previous["lastTransitionTime"]

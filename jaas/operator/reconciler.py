@@ -171,9 +171,27 @@ def keep_set(history: list[dict[str, Any]]) -> set[str]:
     }
 
 
+#: Ready reason of a reconcile that failed unexpectedly and is retried with
+#: backoff, with ``Ready=Unknown`` (Flux ``meta.ProgressingWithRetryReason``).
+PROGRESSING_WITH_RETRY = "ProgressingWithRetry"
+#: The message written when the API refuses a status as too large.
+SHORT_MESSAGE = 512
+
 #: Longest condition message written (metav1.Condition allows 32768 characters;
 #: a status that stays readable in ``kubectl describe`` is far shorter).
 MAX_MESSAGE = 4096
+
+
+class _Derived:
+    """Marks an argument left to its derived default."""
+
+
+_DERIVED = _Derived()
+
+
+def _too_large(err: KubeApiError) -> bool:
+    """Whether the API refused a write for its size (413, or etcd's limit behind a 500)."""
+    return err.status == 413 or "too large" in err.message.lower()
 
 
 def shorten_message(message: str, limit: int = MAX_MESSAGE) -> str:
@@ -279,10 +297,10 @@ class SnippetReconciler:
 
     async def _reconcile_spec(self, obj: Obj) -> Result:
         fresh = False
-        if FINALIZER not in (obj["metadata"].get("finalizers") or []):
-            obj = await self._add_finalizer(obj)
-            fresh = True
         try:
+            if FINALIZER not in (obj["metadata"].get("finalizers") or []):
+                obj = await self._add_finalizer(obj)
+                fresh = True
             spec = await self.validate(obj)
             if spec.suspend:
                 return await self.suspend(obj)
@@ -297,6 +315,12 @@ class SnippetReconciler:
             return await self.commit(obj, spec, tenant, source, result, package, fresh=fresh)
         except ReasonError as err:
             await self.fail(obj, err)
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            if not (isinstance(err, KubeApiError) and err.not_found):
+                await self.retrying(obj, err)
             raise
 
     # --- stages -----------------------------------------------------------------------
@@ -598,6 +622,32 @@ class SnippetReconciler:
             span.set_attribute("jaas.reason", err.reason.value)
             await self._write_status(obj, err.reason, err.message)
 
+    async def retrying(self, obj: Obj, err: Exception) -> None:
+        """Write ``Ready=Unknown`` (``ProgressingWithRetry``) for an unexpected failure.
+
+        Whatever went wrong (an API error, a bug), the current generation's
+        status then says that it is not rendered yet and why, instead of an
+        older generation's ``Ready=True``; the controller retries with backoff
+        and the published artifact stays. A status write that fails as well
+        is logged, not raised: the original error is what the caller raises.
+        """
+        with tracer.start_as_current_span("snippet.fail") as span:
+            span.set_attribute("jaas.reason", PROGRESSING_WITH_RETRY)
+            message = f"reconcile failed, retrying with backoff: {type(err).__name__}: {err}"
+            try:
+                await self._write_status(obj, PROGRESSING_WITH_RETRY, message, ready=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as write_error:
+                meta = obj["metadata"]
+                log.warning(
+                    "could not write the status of %s/%s after %r: %r",
+                    meta["namespace"],
+                    meta["name"],
+                    err,
+                    write_error,
+                )
+
     # --- deletion ---------------------------------------------------------------------
 
     async def finalize(self, obj: Obj) -> Result:
@@ -689,52 +739,79 @@ class SnippetReconciler:
     # --- status -----------------------------------------------------------------------
 
     async def _write_status(
-        self, obj: Obj, reason: Reason, message: str, *, extra: Mapping[str, Any] | None = None
+        self,
+        obj: Obj,
+        reason: Reason | str,
+        message: str,
+        *,
+        ready: bool | _Derived | None = _DERIVED,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Patch ``status`` (Ready, observedGeneration, lastHandledReconcileAt, ``extra``).
 
-        Skips the write when nothing would change; records an Event when the
-        Ready status or reason changes (metio/jaas: on every Ready transition).
+        ``ready`` defaults to whether ``reason`` is ``Synced``; ``None`` writes
+        ``Ready=Unknown``. Skips the write when nothing would change; records
+        an Event when the Ready status or reason changes (metio/jaas: on every
+        Ready transition). When the API refuses the patch as too large (an
+        object near etcd's size limit, HTTP 413 or etcd's "request is too
+        large"), writes it again with the message cut to ``SHORT_MESSAGE``.
+
+        Raises:
+            KubeApiError: the API refused the write (also the short one).
         """
         meta = obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         status = obj.get("status") or {}
-        ok = reason is Reason.SYNCED
+        reason_text = reason.value if isinstance(reason, Reason) else reason
+        ok = reason_text == Reason.SYNCED.value if isinstance(ready, _Derived) else ready
         generation = int(meta.get("generation") or 0)
         message = shorten_message(message)
-        conditions = set_condition(
-            status.get("conditions"),
-            type_=READY,
-            status=ok,
-            reason=reason.value,
-            message=message,
-            observed_generation=generation,
-        )
-        patch: dict[str, Any] = {"conditions": conditions, "observedGeneration": generation}
-        requested_at = (meta.get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)
-        if requested_at:
-            patch["lastHandledReconcileAt"] = requested_at
-        if extra:
-            patch.update(extra)
+
+        def build(text: str) -> dict[str, Any]:
+            conditions = set_condition(
+                status.get("conditions"),
+                type_=READY,
+                status=ok,
+                reason=reason_text,
+                message=text,
+                observed_generation=generation,
+            )
+            patch: dict[str, Any] = {"conditions": conditions, "observedGeneration": generation}
+            requested_at = (meta.get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)
+            if requested_at:
+                patch["lastHandledReconcileAt"] = requested_at
+            if extra:
+                patch.update(extra)
+            return patch
+
+        patch = build(message)
         unchanged = all(
             status.get(k) == v for k, v in patch.items() if k not in ("conditions", "lastSyncTime")
-        ) and _same_conditions(status.get("conditions"), conditions)
+        ) and _same_conditions(status.get("conditions"), patch["conditions"])
         if unchanged and "lastSyncTime" not in patch:
             return
-        await self.client.merge_patch(snippet_path(namespace, name, "status"), {"status": patch})
+        path = snippet_path(namespace, name, "status")
+        try:
+            await self.client.merge_patch(path, {"status": patch})
+        except KubeApiError as err:
+            if not _too_large(err):
+                raise
+            message = shorten_message(message, SHORT_MESSAGE)
+            await self.client.merge_patch(path, {"status": build(message)})
         before = find_condition(status.get("conditions"), READY)
+        now_status = "Unknown" if ok is None else "True" if ok else "False"
         if (
             before is None
-            or before.get("status") != ("True" if ok else "False")
-            or before.get("reason") != reason.value
+            or before.get("status") != now_status
+            or before.get("reason") != reason_text
         ):
             self._in_background(
                 self.recorder.record(
                     obj,
                     type_="Normal" if ok else "Warning",
-                    reason=reason.value,
+                    reason=reason_text,
                     note=message,
-                    action=reason.value,
+                    action=reason_text,
                 )
             )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -44,6 +45,8 @@ class FakeApi:
         #: (verb, resource) -> HTTP status every such request fails with (e.g. 500).
         self.failing: dict[tuple[str, str], int] = {}
         self.calls: list[tuple[str, str, str]] = []
+        #: Like etcd's request size limit: a write whose JSON body is larger fails with 500.
+        self.max_request_bytes: int | None = None
         self.tokens_minted = 0
         self.revoked: set[str] = set()
         self._rv = itertools.count(1)
@@ -125,6 +128,9 @@ class FakeClient:
 
         if (verb, resource) in self.api.failing:
             raise error(self.api.failing[verb, resource], "InternalError", "etcd is unhappy")
+        limit = self.api.max_request_bytes
+        if limit is not None and body is not None and len(json.dumps(body)) > limit:
+            raise error(500, "InternalError", "etcdserver: request is too large")
         if resource.partition("/")[0] in self.api.not_served:
             raise error(404, "NotFound", "404 page not found", served=False)
         for pair in self.api.denied.get(who, set()) | self.api.denied.get("*", set()):

@@ -546,3 +546,34 @@ async def test_downloads_are_charged_to_the_namespace_the_work_is_for(tmp_path: 
     h.snippet("mine", sourceRef={"kind": "GitRepository", "name": "shared", "namespace": "other"})
     assert await h.reason("mine") == "Synced"
     assert h.fetcher.flows == [NS]  # the snippet's namespace, not the source's
+
+
+async def test_an_unexpected_failure_leaves_no_stale_ready_true(h: Harness) -> None:
+    h.source("GitRepository", "repo", {"main.jsonnet": b"{ a: 1 }"})
+    h.snippet(sourceRef={"kind": "GitRepository", "name": "repo"})
+    assert await h.reason() == "Synced"
+    published = h.status()["artifactURL"]
+
+    async def broken(*args: object, **kwargs: object) -> dict[str, bytes]:
+        raise RuntimeError("a bug in a library")
+
+    h.fetcher.fetch_files = broken  # type: ignore[method-assign]
+    h.update_spec(entryFile="main.jsonnet")
+    with pytest.raises(RuntimeError, match="a bug"):
+        await h.reconcile()  # raised on, so the controller retries with backoff
+    assert h.ready()["status"] == "Unknown"
+    assert h.ready()["reason"] == "ProgressingWithRetry"
+    assert h.ready()["message"] == (
+        "reconcile failed, retrying with backoff: RuntimeError: a bug in a library"
+    )
+    assert h.status()["observedGeneration"] == 2
+    assert h.status()["artifactURL"] == published  # the last good artifact stays
+
+
+async def test_a_status_too_large_for_etcd_is_written_with_a_short_message(h: Harness) -> None:
+    h.snippet(files={"main.jsonnet": "error std.join('', std.makeArray(3000, function(i) 'x'))"})
+    h.api.max_request_bytes = 2000
+    assert await h.reason() == "EvaluationFailed"
+    message = h.ready()["message"]
+    assert len(message) <= 512
+    assert "characters cut" in message
