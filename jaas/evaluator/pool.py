@@ -344,7 +344,11 @@ class EvaluatorPool:
             else:
                 self._release(worker)
             self.failures += 1
-            raise ReasonError(Reason.EVALUATION_FAILED, str(reply.get("message", "")))
+            try:
+                reason = Reason(str(reply.get("reason") or Reason.EVALUATION_FAILED.value))
+            except ValueError:
+                reason = Reason.EVALUATION_FAILED
+            raise ReasonError(reason, str(reply.get("message", "")))
         self._retire(worker)
         raise RuntimeError(f"evaluator worker {worker.pid} sent an unexpected {kind!r} frame")
 

@@ -56,6 +56,9 @@ class EvaluationRequest:
         max_stack: Jsonnet call depth limit (JaaS ``--max-stack``, default 500);
             output nested as deep as this fails too, as in go-jsonnet.
         label: ``<namespace>/<name>`` of the snippet, for logs.
+        max_output_bytes: largest manifested output the caller can use; a
+            larger one is refused inside the evaluator process with
+            ``ArtifactTooLarge`` and never sent (0: no limit).
     """
 
     entry_file: str
@@ -65,6 +68,7 @@ class EvaluationRequest:
     libraries: Mapping[str, Files] = field(default_factory=dict)
     max_stack: int = 500
     label: str = ""
+    max_output_bytes: int = 0
 
     def to_frame(self) -> tuple[Header, bytes]:
         """Return the ``(header, payload)`` of this request's ``evaluate`` frame."""
@@ -74,6 +78,7 @@ class EvaluationRequest:
             "entry_file": self.entry_file,
             "max_stack": self.max_stack,
             "label": self.label,
+            "max_output_bytes": self.max_output_bytes,
             "tlas": [[v.name, v.value, v.code] for v in self.tlas],
             "ext_vars": [[v.name, v.value, v.code] for v in self.external_variables],
             "files": _pack(self.files, contents),
@@ -102,6 +107,7 @@ class EvaluationRequest:
                 libraries=libraries,
                 max_stack=int(header["max_stack"]),
                 label=str(header.get("label", "")),
+                max_output_bytes=int(header.get("max_output_bytes", 0)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise FrameError(f"malformed evaluate frame: {err!r}") from err
@@ -145,13 +151,13 @@ class EvaluationResult:
             raise FrameError(f"malformed result frame: {err!r}") from err
 
 
-def error_header(message: str, *, retire: bool = False) -> Header:
-    """Header of an ``error`` frame: the user-facing ``message``.
+def error_header(message: str, *, retire: bool = False, reason: str = "EvaluationFailed") -> Header:
+    """Header of an ``error`` frame: the user-facing ``message`` and its Ready ``reason``.
 
     ``retire`` tells the pool the worker exits after sending it (its state is
     no longer trusted, e.g. after a panic) and must be replaced.
     """
-    return {"type": ERROR, "message": message, "retire": retire}
+    return {"type": ERROR, "message": message, "retire": retire, "reason": reason}
 
 
 def libraries_frame(libraries: Mapping[str, Files]) -> tuple[Header, bytes]:

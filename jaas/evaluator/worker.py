@@ -258,13 +258,25 @@ def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
             send_frame(sock, error_header(f"malformed evaluation request: {err}"))
             continue
         del payload
+        request_cap = request.max_output_bytes
         request = with_shared_libraries(request, shared)
         _limit_cpu(cpu_limit)
         outcome = _run_in_thread(request)
         _limit_cpu(0)
         del request
         reply: tuple[Header, bytes]
-        if outcome.result is not None:
+        cap = request_cap
+        if outcome.result is not None and cap and len(outcome.result.rendered) > cap:
+            # Refused here, so the leader and the shard never hold the output.
+            reply = (
+                error_header(
+                    f"rendered.json would be {len(outcome.result.rendered)} bytes, over the "
+                    f"{cap}-byte limit",
+                    reason="ArtifactTooLarge",
+                ),
+                b"",
+            )
+        elif outcome.result is not None:
             reply = outcome.result.to_frame()
         else:
             reply = error_header(outcome.message, retire=outcome.retire), b""

@@ -75,6 +75,7 @@ from jaas.operator.publisher import Publisher
 from jaas.operator.ratelimit import RateLimiter
 from jaas.operator.sourcing import Fetcher, ResolvedSource, resolve_source
 from jaas.operator.tenancy import TokenCache, service_account_of, tenant_client
+from jaas.sources.extract import MAX_ENTRY_BYTES
 from jaas.storage.package import Package, package_rendered, package_sources
 
 log = logging.getLogger(__name__)
@@ -499,8 +500,13 @@ class SnippetReconciler:
     ) -> EvaluationResult:
         """Evaluate the entry file in an evaluator process.
 
+        The evaluator refuses an output larger than ``package`` could publish
+        before sending it (``_output_cap``), so an oversized render never
+        reaches the leader or this shard.
+
         Raises:
-            ReasonError: ``EvaluationFailed`` or ``EvaluationTimeout``.
+            ReasonError: ``EvaluationFailed``, ``EvaluationTimeout`` or
+                ``ArtifactTooLarge``.
         """
         meta = obj["metadata"]
         with tracer.start_as_current_span("snippet.evaluate") as span:
@@ -510,19 +516,40 @@ class SnippetReconciler:
                 JsonnetVariable(name=k, value=v)
                 for k, v in sorted(self.options.operator_ext_vars.items())
             )
-            result = await self.evaluator.evaluate(
-                EvaluationRequest(
-                    entry_file=spec.entry_file,
-                    files=source.files,
-                    tlas=spec.tlas,
-                    external_variables=operator_vars + spec.external_variables,
-                    libraries=libraries,
-                    max_stack=self.options.max_stack,
-                    label=f"{meta['namespace']}/{meta['name']}",
-                )
+            cap = self._output_cap(spec)
+            request = EvaluationRequest(
+                entry_file=spec.entry_file,
+                files=source.files,
+                tlas=spec.tlas,
+                external_variables=operator_vars + spec.external_variables,
+                libraries=libraries,
+                max_stack=self.options.max_stack,
+                label=f"{meta['namespace']}/{meta['name']}",
+                max_output_bytes=cap,
             )
+            try:
+                result = await self.evaluator.evaluate(request)
+            except ReasonError as err:
+                if err.reason is not Reason.ARTIFACT_TOO_LARGE:
+                    raise
+                limit = (
+                    "--max-artifact-bytes"
+                    if cap == self.options.max_artifact_bytes
+                    else "the most one file consumers can extract"
+                )
+                raise ReasonError(
+                    Reason.ARTIFACT_TOO_LARGE,
+                    f"{err.message} ({limit}); refused in the evaluator, nothing published",
+                ) from err
             span.set_attribute("jaas.eval.renderedBytes", len(result.rendered))
             return result
+
+    def _output_cap(self, spec: SnippetSpec) -> int:
+        """Largest rendered output ``package`` could publish (0: the output is not published)."""
+        if spec.output != "rendered":
+            return 0  # output: source publishes the files; the render only has to succeed
+        caps = [MAX_ENTRY_BYTES, self.options.max_artifact_bytes or MAX_ENTRY_BYTES]
+        return min(caps)
 
     async def package(
         self, spec: SnippetSpec, source: ResolvedSource, result: EvaluationResult

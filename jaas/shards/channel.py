@@ -85,7 +85,9 @@ class LeaderConnection:
         """Evaluate ``request`` in the leader's pool.
 
         Raises:
-            ReasonError: EvaluationFailed / EvaluationTimeout from the pool.
+            ReasonError: EvaluationFailed / EvaluationTimeout / ArtifactTooLarge
+                from the pool; ArtifactTooLarge when the request exceeds the
+                frame limits (``jaas.ipc``).
             ConnectionError: the leader went away (a transient failure).
         """
         if self._writer is None or self.lost.is_set():
@@ -94,9 +96,18 @@ class LeaderConnection:
         future: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         req_header, payload = request.to_frame()
-        write_frame(
-            self._writer, {"op": "evaluate", "id": request_id, "request": req_header}, payload
-        )
+        try:
+            write_frame(
+                self._writer, {"op": "evaluate", "id": request_id, "request": req_header}, payload
+            )
+        except FrameError as err:
+            # Checked before anything is written: the request is refused, not buffered.
+            del self._pending[request_id]
+            raise ReasonError(
+                Reason.ARTIFACT_TOO_LARGE,
+                f"the snippet's files and libraries ({len(payload)} bytes) do not fit one "
+                f"evaluation request: {err}",
+            ) from err
         await self._writer.drain()
         header, body = await future
         if header.get("ok"):

@@ -56,6 +56,11 @@ MAX_EXTRACTED_BYTES: Final = 64 * MiB
 MAX_ENTRY_BYTES: Final = 16 * MiB
 #: Cap on the decompressed gzip stream (JaaS ``defaultMaxDecompressedBytes``).
 MAX_DECOMPRESSED_BYTES: Final = 512 * MiB
+#: Cap on the number of files kept (ours; JaaS has none): every kept name travels
+#: to the evaluator in one frame header, and no Jsonnet tree needs more.
+MAX_FILES: Final = 10_000
+#: Cap on the summed UTF-8 length of the kept file names (ours, as ``MAX_FILES``).
+MAX_NAME_BYTES: Final = 1 * MiB
 #: Cap on a PAX or GNU long-name header's data (Go ``archive/tar`` ``maxSpecialFileSize``).
 MAX_SPECIAL_HEADER_BYTES: Final = 1 * MiB
 
@@ -250,6 +255,8 @@ def extract_tarball(
         max_decompressed_bytes: cap on the whole decompressed stream, skipped
             entries and tar headers included (default 512 MiB).
 
+    At most ``MAX_FILES`` files with ``MAX_NAME_BYTES`` of names are kept.
+
     Returns:
         ``{cleaned relative name: content}``; names obey :func:`safe_entry_name`.
         Unsafe or hidden names are dropped silently (JaaS behaviour).
@@ -269,6 +276,7 @@ def extract_tarball(
     stream = _Stream(data, max_decompressed_bytes)
     files: dict[str, bytes] = {}
     total = 0
+    name_bytes = 0
     pax: dict[str, str] = {}
     long_name: str | None = None
     while True:
@@ -350,6 +358,13 @@ def extract_tarball(
             raise ReasonError(
                 Reason.SOURCE_FETCH_FAILED,
                 f"artifact extracts to more than {max_extracted_bytes} bytes",
+            )
+        name_bytes += len(cleaned.encode())
+        if len(files) >= MAX_FILES or name_bytes > MAX_NAME_BYTES:
+            raise ReasonError(
+                Reason.SOURCE_FETCH_FAILED,
+                f"artifact holds more than {MAX_FILES} files or {MAX_NAME_BYTES} bytes of "
+                "file names",
             )
         files[cleaned] = stream.read_exact(size, f"entry {name!r}")
         stream.skip(_padding(size), f"entry {name!r}")

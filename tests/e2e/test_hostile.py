@@ -189,3 +189,40 @@ async def test_trickling_servers_delay_only_their_tenant_and_fail_with_a_clean_r
     assert "S3cr3t" not in message
     assert "T0K3N" not in message
     assert "admin" not in message
+
+
+async def test_a_tarball_of_file_names_fails_cleanly_and_keeps_the_last_good_artifact(
+    kube_client: KubeClient, kube: ApiClient, flux: FluxPublisher
+) -> None:
+    client = kube_client
+    ns = await create_namespace(client, "hostile-names")
+    await flux.publish_tarball(
+        kube, "Bucket", ns, "src", make_tarball({"main.jsonnet": "{ good: true }"}), "r1"
+    )
+    await create_snippet(client, ns, "s", sourceRef={"kind": "Bucket", "name": "src"})
+    good = await wait_reason(client, ns, "s", "Synced")
+    # 12,000 files with 200-character names: 2.4 MB of names, a few hundred KB of gzip.
+    bomb = make_tarball({f"{'d' * 190}/{n:06}.json": b"" for n in range(12_000)})
+    await flux.publish_tarball(kube, "Bucket", ns, "src", bomb, "r2")
+    failed = await wait_reason(client, ns, "s", "SourceFetchFailed")
+    assert "more than 10000 files" in ready(failed)["message"]
+    assert ready(failed)["status"] == "False"
+    assert failed["status"]["artifactURL"] == good["status"]["artifactURL"]
+    rendered = untar(await download(failed["status"]["artifactURL"]))["rendered.json"]
+    assert rendered == b'{\n   "good": true\n}\n'
+
+
+async def test_a_render_over_the_file_limit_is_refused_in_the_evaluator(
+    kube_client: KubeClient,
+) -> None:
+    client = kube_client
+    ns = await create_namespace(client, "hostile-render")
+    # 17 MiB of output: over the 16 MiB a consumer extracts (and --max-artifact-bytes).
+    program = "std.join('', std.makeArray(17 * 1024, function(i) std.repeat('x', 1024)))"
+    await create_snippet(client, ns, "big", files={"main.jsonnet": program})
+    failed = await wait_reason(client, ns, "big", "ArtifactTooLarge")
+    message = ready(failed)["message"]
+    assert message == (
+        "rendered.json would be 17825795 bytes, over the 1048576-byte limit "
+        "(--max-artifact-bytes); refused in the evaluator, nothing published"
+    )

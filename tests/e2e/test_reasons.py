@@ -108,5 +108,5 @@ async def test_an_output_over_max_artifact_bytes_is_too_large(
         {"spec": {"files": {"main.jsonnet": big}}},
     )
     obj = await wait_reason(kube_client, namespace, "s", "ArtifactTooLarge", generation=2)
-    assert "over --max-artifact-bytes (1048576)" in ready(obj)["message"]
+    assert "over the 1048576-byte limit (--max-artifact-bytes)" in ready(obj)["message"]
     assert obj["status"]["artifactURL"] == good["status"]["artifactURL"]

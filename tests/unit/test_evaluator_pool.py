@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -543,3 +544,15 @@ async def test_a_cancelled_waiter_leaves_its_flow_and_the_others_are_served() ->
         assert single.waiting == 0
         assert single.idle == 1
         assert single.evaluations == 2
+
+
+async def test_an_output_over_the_callers_cap_is_refused_in_the_evaluator(
+    pool: EvaluatorPool,
+) -> None:
+    program = "std.join('', std.makeArray(1000, function(i) 'x'))"  # 1,003 bytes manifested
+    capped = dataclasses.replace(snippet(program), max_output_bytes=1000)
+    error = await failure(pool, capped)
+    assert error.reason is Reason.ARTIFACT_TOO_LARGE
+    assert error.message == "rendered.json would be 1003 bytes, over the 1000-byte limit"
+    roomy = dataclasses.replace(snippet(program), max_output_bytes=1003)
+    assert len((await pool.evaluate(roomy)).rendered) == 1003

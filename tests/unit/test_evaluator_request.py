@@ -57,7 +57,13 @@ def test_result_round_trip() -> None:
 
 
 def test_error_header() -> None:
-    assert error_header("boom", retire=True) == {"type": ERROR, "message": "boom", "retire": True}
+    assert error_header("boom", retire=True) == {
+        "type": ERROR,
+        "message": "boom",
+        "retire": True,
+        "reason": "EvaluationFailed",
+    }
+    assert error_header("big", reason="ArtifactTooLarge")["reason"] == "ArtifactTooLarge"
 
 
 def test_truncated_payload_is_a_frame_error() -> None:

@@ -80,6 +80,7 @@ def test_ready_then_results_and_errors_then_clean_exit(worker: Worker) -> None:
         "type": ERROR,
         "message": header["message"],
         "retire": False,
+        "reason": "EvaluationFailed",
     }
     assert str(header["message"]).endswith("    main.jsonnet:1:5")
     # The same worker keeps serving after a Jsonnet error.

@@ -15,11 +15,14 @@ import pytest
 from jaas.api.reasons import Reason, ReasonError
 from jaas.sources.extract import (
     MAX_ENTRY_BYTES,
+    MAX_FILES,
+    MAX_NAME_BYTES,
     ArchiveError,
     extract_tarball,
     normalise_path_prefix,
     safe_entry_name,
 )
+from jaas.testing.flux import make_tarball
 
 MiB = 1 << 20
 
@@ -476,3 +479,21 @@ def test_pax_header_of_digits_within_the_limit_is_rejected_not_backtracked() -> 
     digits = b"1" * (MiB - 16)
     with pytest.raises(ArchiveError, match="PAX record"):
         extract_tarball(targz(entry(b"pax", digits, b"x"), entry(b"a", b"A")))
+
+
+def test_more_files_than_the_cap_is_refused() -> None:
+    tarball = make_tarball({f"f{n}.jsonnet": b"" for n in range(MAX_FILES + 1)})
+    with pytest.raises(ReasonError, match=f"more than {MAX_FILES} files") as info:
+        extract_tarball(tarball)
+    assert info.value.reason is Reason.SOURCE_FETCH_FAILED
+    assert not info.value.transient
+    assert len(extract_tarball(make_tarball({f"f{n}": b"" for n in range(MAX_FILES)}))) == MAX_FILES
+
+
+def test_more_name_bytes_than_the_cap_is_refused() -> None:
+    # 2,000 names of 600 characters: 1.2 MB of names in a few KB of gzip.
+    long = "d" * 590
+    tarball = make_tarball({f"{long}/{n:05}.json": b"" for n in range(2000)})
+    assert len(tarball) < 200_000
+    with pytest.raises(ReasonError, match=f"{MAX_NAME_BYTES} bytes of file names"):
+        extract_tarball(tarball)
