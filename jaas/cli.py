@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{format_duration(defaults.DOWNLOAD_MIN_RATE_GRACE)}; 0 disables",
     )
     op.add_argument(
+        "--shard-heartbeat-timeout",
+        type=duration_flag,
+        default=format_duration(d.shard_heartbeat_timeout),
+        help="a ready shard whose event loop sends no heartbeat this long is restarted",
+    )
+    op.add_argument(
         "--permanent-retry-interval",
         type=duration_flag,
         default=format_duration(d.permanent_retry_interval),

@@ -87,6 +87,15 @@ MAX_WITHDRAW_WAIT: Final = 3600.0
 #: ``--no-cross-namespace-refs`` (JaaS: true).
 NO_CROSS_NAMESPACE_REFS: Final = True
 
+# --- shard liveness -----------------------------------------------------------------
+#: How often a shard's event loop reports its heartbeat and progress to the leader.
+SHARD_HEARTBEAT_INTERVAL: Final = 2.0
+#: ``--shard-heartbeat-timeout``: a ready shard silent this long is wedged and restarted.
+SHARD_HEARTBEAT_TIMEOUT: Final = 30.0
+#: A reconcile running this long means a wedged shard (every stage has its own,
+#: far shorter bound: downloads 300 s, evaluations the evaluation timeout).
+SHARD_STUCK_RECONCILE: Final = 900.0
+
 # --- tenant identity (JaaS internal/operator/token.go) --------------------------------
 #: Lifetime requested for tenant ServiceAccount tokens.
 TOKEN_TTL: Final = 3600.0

@@ -76,6 +76,12 @@ SHARD_RESTARTS = Counter(
     "Shard worker processes restarted by the leader after they exited.",
     ["shard"],
 )
+SHARD_WEDGED = Counter(
+    "jaas_shard_wedged_total",
+    "Shard worker processes the leader killed because they stopped making progress "
+    "(no heartbeat, a stopped watch or a reconcile stuck far past every bound).",
+    ["shard"],
+)
 SOURCE_FETCHES = Counter(
     "jaas_source_fetch_total",
     "Flux source artifact resolutions by result (ok, not_ready, failed).",

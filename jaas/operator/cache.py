@@ -150,6 +150,10 @@ class ObjectCache:
             log.warning("informers not synced after %ss: %s", sync_timeout, missing)
             await asyncio.gather(*(i.synced.wait() for i in self._informers[SNIPPET_KIND].values()))
 
+    def watching(self) -> bool:
+        """Whether every informer's list-and-watch loop is still running (after ``start``)."""
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+
     async def stop(self) -> None:
         """Stop every watch."""
         for task in self._tasks:

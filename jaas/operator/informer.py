@@ -227,6 +227,12 @@ class Informer:
                     type(err).__name__,
                     extra={"path": self.path},
                 )
+            except Exception:
+                # Anything else (an event-loop transport bug, say) must not end
+                # the watch for good: log it, re-list and keep going.
+                self.stats["errors"] += 1
+                log.exception("watch failed unexpectedly; re-listing", extra={"path": self.path})
+                need_list = True
             await asyncio.sleep(retries.next())
 
 

@@ -83,6 +83,7 @@ class WorkQueue(Generic[K]):
         self._dirty: set[K] = set()
         self._processing: set[K] = set()
         self._flow_in_flight: dict[Hashable, int] = {}
+        self._started: dict[K, float] = {}
         self._failures: dict[K, int] = {}
         self._timers: dict[K, tuple[float, asyncio.TimerHandle]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -116,6 +117,12 @@ class WorkQueue(Generic[K]):
     def in_flight(self) -> int:
         """Keys being processed now."""
         return len(self._processing)
+
+    def oldest_in_flight(self) -> float:
+        """Seconds the longest-running key has been processed (0 when none is)."""
+        if not self._started:
+            return 0.0
+        return asyncio.get_running_loop().time() - min(self._started.values())
 
     def add(self, key: K) -> None:
         """Queue ``key`` now (no-op if already waiting)."""
@@ -202,6 +209,7 @@ class WorkQueue(Generic[K]):
         key = self._queue.pop()
         self._dirty.discard(key)
         self._processing.add(key)
+        self._started[key] = asyncio.get_running_loop().time()
         flow = self.flow_of(key)
         busy = self._flow_in_flight.get(flow, 0) + 1
         self._flow_in_flight[flow] = busy
@@ -214,6 +222,7 @@ class WorkQueue(Generic[K]):
         if key not in self._processing:
             return
         self._processing.discard(key)
+        self._started.pop(key, None)
         self.completions += 1
         flow = self.flow_of(key)
         busy = self._flow_in_flight[flow] - 1

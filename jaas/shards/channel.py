@@ -4,7 +4,8 @@ Frames (``jaas.ipc``) flow both ways over one connection per shard:
 
 shard → leader
     ``{"op": "hello", "shard": name, "pid": pid}`` first, then
-    ``{"op": "ready"}`` once its informers have synced, and
+    ``{"op": "ready"}`` once its informers have synced,
+    ``{"op": "heartbeat", ...progress}`` every couple of seconds from its event loop, and
     ``{"op": "evaluate", "id": n, "request": {...}}`` + payload for each evaluation.
 leader → shard
     ``{"op": "result", "id": n, "ok": true, "result": {...}}`` + rendered bytes, or
@@ -75,6 +76,12 @@ class LeaderConnection:
                     future.set_exception(ConnectionError("the leader process went away"))
             self._pending.clear()
 
+    async def send_heartbeat(self, progress: Header) -> None:
+        """Report that this shard's event loop runs, with its reconcile ``progress``."""
+        if self._writer is not None and not self.lost.is_set():
+            write_frame(self._writer, {"op": "heartbeat", **progress})
+            await self._writer.drain()
+
     async def send_ready(self) -> None:
         """Tell the leader this shard's informers have synced."""
         if self._writer is not None:
@@ -133,7 +140,8 @@ class LeaderConnection:
 class ShardEndpoint:
     """The leader side: serves evaluations for every connected shard.
 
-    ``on_ready(shard)`` and ``on_gone(shard)`` let the leader track readiness.
+    ``on_ready(shard)`` and ``on_gone(shard)`` let the leader track readiness,
+    ``on_heartbeat(shard, header)`` its liveness.
     """
 
     def __init__(
@@ -143,11 +151,13 @@ class ShardEndpoint:
         *,
         on_ready: Callable[[str], None],
         on_gone: Callable[[str], None],
+        on_heartbeat: Callable[[str, Header], None] = lambda _shard, _header: None,
     ) -> None:
         self.socket_path = socket_path
         self.evaluate = evaluate
         self.on_ready = on_ready
         self.on_gone = on_gone
+        self.on_heartbeat = on_heartbeat
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -170,6 +180,8 @@ class ShardEndpoint:
                 op = header.get("op")
                 if op == "ready":
                     self.on_ready(shard)
+                elif op == "heartbeat":
+                    self.on_heartbeat(shard, header)
                 elif op == "evaluate":
                     task = asyncio.create_task(self._evaluate(writer, header, payload))
                     self._tasks.add(task)

@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from jaas import defaults
 from jaas.api.reasons import Reason, ReasonError
 from jaas.child import python_module_argv
 from jaas.evaluator.libraries import LibraryPathError, load_library_paths
@@ -72,7 +73,12 @@ class Leader:
             self._evaluate,
             on_ready=self._shard_ready,
             on_gone=self._shard_gone,
+            on_heartbeat=self._shard_heartbeat,
         )
+        #: shard -> (loop time of its last heartbeat, the progress it reported)
+        self.heartbeats: dict[str, tuple[float, Header]] = {}
+        #: shard -> why it was found wedged (cleared when its replacement is ready)
+        self.wedged: dict[str, str] = {}
         self.ready_shards: set[str] = set()
         self._restarts_seen = 0
         self._background: list[asyncio.Task[None]] = []
@@ -115,11 +121,49 @@ class Leader:
                 self._restarts_seen = restarts
 
     def _shard_ready(self, shard: str) -> None:
+        self.wedged.pop(shard, None)
+        self.heartbeats[shard] = (asyncio.get_running_loop().time(), {})
         self.ready_shards.add(shard)
         log.info("%s is ready (%d/%d)", shard, len(self.ready_shards), len(self.shard_names))
 
     def _shard_gone(self, shard: str) -> None:
         self.ready_shards.discard(shard)
+        self.heartbeats.pop(shard, None)
+
+    def _shard_heartbeat(self, shard: str, progress: Header) -> None:
+        self.heartbeats[shard] = (asyncio.get_running_loop().time(), progress)
+
+    def wedged_because(self, shard: str, now: float) -> str | None:
+        """Why a ready shard counts as wedged at loop time ``now``, or None if it is live."""
+        last = self.heartbeats.get(shard)
+        if shard not in self.ready_shards or last is None:
+            return None
+        seen, progress = last
+        silent = now - seen
+        if silent > self.options.shard_heartbeat_timeout:
+            return f"no heartbeat from its event loop for {silent:.0f}s"
+        if progress.get("watching") is False:
+            return "a watch of its informers stopped"
+        running = float(progress.get("oldest_in_flight") or 0)
+        if running > defaults.SHARD_STUCK_RECONCILE:
+            return f"a reconcile has been running for {running:.0f}s"
+        return None
+
+    async def _watchdog(self) -> None:
+        """Restart every shard that is wedged (``wedged_because``); it is not ready meanwhile."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(defaults.SHARD_HEARTBEAT_INTERVAL)
+            for shard, sup in self.supervisors.items():
+                why = self.wedged_because(shard, loop.time())
+                if why is None:
+                    continue
+                log.error("%s (pid %s) is wedged: %s; restarting it", shard, sup.pid, why)
+                self.wedged[shard] = why
+                self.ready_shards.discard(shard)
+                self.heartbeats.pop(shard, None)
+                metrics.SHARD_WEDGED.labels(shard).inc()
+                sup.kill()
 
     @property
     def ready(self) -> bool:
@@ -169,6 +213,8 @@ class Leader:
                     "pid": sup.pid,
                     "ready": name in self.ready_shards,
                     "restarts": sup.restarts,
+                    "wedged": self.wedged.get(name),
+                    "progress": self.heartbeats.get(name, (0.0, {}))[1],
                 }
                 for name, sup in self.supervisors.items()
             ]
@@ -227,6 +273,7 @@ class Leader:
                 sup = Supervisor(shard, self.shard_argv(shard), on_exit=self._on_shard_exit(shard))
                 self.supervisors[shard] = sup
                 sup.start()
+            self._background.append(asyncio.create_task(self._watchdog()))
             if self.options.storage_sweep_interval > 0:
                 self._background.append(asyncio.create_task(self._sweep_storage()))
             self.started = True

@@ -82,6 +82,13 @@ class Supervisor:
             )
             await asyncio.sleep(backoff)
 
+    def kill(self) -> None:
+        """SIGKILL the running child (a wedged one ignores SIGTERM); it is restarted."""
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
     async def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the child, SIGKILL it after ``grace`` seconds, stop restarting."""
         self._stop.set()

@@ -1,6 +1,10 @@
 """A shard worker process: reconciles the snippets of the namespaces it owns.
 
-Started by the leader as ``jaas shard ...``; runs asyncio on uvloop, connects
+Started by the leader as ``jaas shard ...``; runs asyncio's own event loop (not
+uvloop: uvloop's TCP transports and aiohttp's connector together can leave a
+closed socket's file descriptor registered, and after an API server restart
+every new connection failed with ``RuntimeError: File descriptor N is used by
+transport``, MagicStack/uvloop#653, unfixed upstream), connects
 to the leader's control socket (evaluations go through it), watches the API
 and reconciles. It exits when the leader goes away, and on SIGTERM after
 letting in-flight reconciles finish.
@@ -18,8 +22,7 @@ import logging
 import signal
 from pathlib import Path
 
-import uvloop
-
+from jaas import defaults
 from jaas.api.constants import SNIPPET_KIND
 from jaas.evaluator.libraries import library_path_aliases
 from jaas.observability import logging as jaas_logging
@@ -166,6 +169,7 @@ async def run_shard(
         await cache.start(SYNC_TIMEOUT)
         controller.start()
         await leader.send_ready()
+        heartbeat = asyncio.create_task(_heartbeat(leader, queue, cache))
         log.info(
             "shard %s of %s ready: %d snippets",
             shard,
@@ -180,6 +184,7 @@ async def run_shard(
             log.error("the leader process went away; shard %s exits", shard)
         lost.cancel()
         stopped.cancel()
+        heartbeat.cancel()
     finally:
         reporter.cancel()
         await controller.stop()
@@ -195,6 +200,26 @@ async def run_shard(
     return code
 
 
+async def _heartbeat(leader: LeaderConnection, queue: WorkQueue[Key], cache: ObjectCache) -> None:
+    """Tell the leader, from this event loop, that it runs and how the work progresses.
+
+    A loop that is wedged sends nothing, and the leader restarts the shard
+    (``jaas.shards.leader``); ``watching`` false or a reconcile that has run
+    for ``defaults.SHARD_STUCK_RECONCILE`` seconds make it restart the shard too.
+    """
+    while True:
+        progress = {
+            "depth": len(queue),
+            "in_flight": queue.in_flight,
+            "completions": queue.completions,
+            "oldest_in_flight": round(queue.oldest_in_flight(), 3),
+            "watching": cache.watching(),
+        }
+        with contextlib.suppress(OSError):
+            await leader.send_heartbeat(progress)
+        await asyncio.sleep(defaults.SHARD_HEARTBEAT_INTERVAL)
+
+
 async def _report(shard: str, cache: ObjectCache) -> None:
     while True:
         namespaces = {ns for ns, _ in cache.keys(SNIPPET_KIND)}
@@ -205,4 +230,4 @@ async def _report(shard: str, cache: ObjectCache) -> None:
 def main(options: OperatorOptions, shard: str, members: list[str], leader_socket: Path) -> int:
     """Process entry point of ``jaas shard``."""
     jaas_logging.setup(shard, level=options.log_level, fmt=options.log_format)
-    return uvloop.run(run_shard(options, shard, members, leader_socket))
+    return asyncio.run(run_shard(options, shard, members, leader_socket))

@@ -275,6 +275,7 @@ class _Process:
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path, attempt: int) -> None:
         self.name = name
+        self.argv = list(argv)
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log: IO[bytes] = log_path.open("ab")
@@ -416,6 +417,7 @@ class ControlPlane:
     _etcd_data: Path = field(repr=False)
     _ssl: ssl.SSLContext = field(repr=False)
     _stopped: bool = field(default=False, repr=False)
+    restarts: int = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -596,6 +598,29 @@ class ControlPlane:
             plane.stop()
             raise
         return plane
+
+    def restart_apiserver(
+        self, *, kill: bool = False, timeout: float = DEFAULT_START_TIMEOUT
+    ) -> None:
+        """Stop kube-apiserver (SIGKILL with ``kill``, else SIGTERM) and start it again.
+
+        The new process serves the same port, certificates and etcd, so clients
+        see the API go away and come back: watches break, connections reset.
+
+        Raises:
+            ControlPlaneError: it did not get ready again within ``timeout`` seconds.
+        """
+        old = self._apiserver
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(old.pid, signal.SIGKILL)
+            old.popen.wait()
+        else:
+            old.stop()
+        self.restarts += 1
+        port = int(self.server.rsplit(":", 1)[1])
+        self._apiserver = _Process(old.name, old.argv, old.log_path, self.restarts + 1)
+        _wait_apiserver(self._apiserver, port, self._ssl, timeout)
 
     def stop(self) -> None:
         """Stop kube-apiserver, then etcd, and remove etcd's data directory.
