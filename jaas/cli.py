@@ -233,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a ready shard whose event loop sends no heartbeat this long is restarted",
     )
     op.add_argument(
+        "--shard-memory-limit",
+        type=parse_quantity,
+        default=format_quantity(d.shard_memory_limit),
+        help="a shard whose resident memory passes this is restarted; 0 disables",
+    )
+    op.add_argument(
         "--permanent-retry-interval",
         type=duration_flag,
         default=format_duration(d.permanent_retry_interval),

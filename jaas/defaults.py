@@ -92,6 +92,10 @@ NO_CROSS_NAMESPACE_REFS: Final = True
 SHARD_HEARTBEAT_INTERVAL: Final = 2.0
 #: ``--shard-heartbeat-timeout``: a ready shard silent this long is wedged and restarted.
 SHARD_HEARTBEAT_TIMEOUT: Final = 30.0
+#: ``--shard-memory-limit``: a shard whose resident memory passes this is
+#: restarted (it holds ~85 MiB, ~120 MiB with 2,000 snippets, plus the sources
+#: of its reconciles in flight, each at most 64 MiB extracted).
+SHARD_MEMORY_LIMIT: Final = 2 * GiB
 #: A reconcile running this long means a wedged shard (every stage has its own,
 #: far shorter bound: downloads 300 s, evaluations the evaluation timeout).
 SHARD_STUCK_RECONCILE: Final = 900.0

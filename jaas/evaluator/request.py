@@ -59,6 +59,9 @@ class EvaluationRequest:
         max_output_bytes: largest manifested output the caller can use; a
             larger one is refused inside the evaluator process with
             ``ArtifactTooLarge`` and never sent (0: no limit).
+        discard_output: the caller only needs to know that the evaluation
+            succeeds (``output: source``): the result comes back with empty
+            ``rendered``, so no output of any size crosses the processes.
     """
 
     entry_file: str
@@ -69,6 +72,7 @@ class EvaluationRequest:
     max_stack: int = 500
     label: str = ""
     max_output_bytes: int = 0
+    discard_output: bool = False
 
     def to_frame(self) -> tuple[Header, bytes]:
         """Return the ``(header, payload)`` of this request's ``evaluate`` frame."""
@@ -79,6 +83,7 @@ class EvaluationRequest:
             "max_stack": self.max_stack,
             "label": self.label,
             "max_output_bytes": self.max_output_bytes,
+            "discard_output": self.discard_output,
             "tlas": [[v.name, v.value, v.code] for v in self.tlas],
             "ext_vars": [[v.name, v.value, v.code] for v in self.external_variables],
             "files": _pack(self.files, contents),
@@ -108,6 +113,7 @@ class EvaluationRequest:
                 max_stack=int(header["max_stack"]),
                 label=str(header.get("label", "")),
                 max_output_bytes=int(header.get("max_output_bytes", 0)),
+                discard_output=bool(header.get("discard_output", False)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise FrameError(f"malformed evaluate frame: {err!r}") from err
@@ -123,11 +129,19 @@ class EvaluationResult:
         evaluation_seconds: wall-clock seconds the worker spent evaluating and
             manifesting (excludes queueing and transfer).
         worker_pid: process id of the worker that evaluated it.
+        discarded_bytes: length of the output the worker did not send
+            (``discard_output``); ``rendered`` is empty then.
     """
 
     rendered: bytes
     evaluation_seconds: float
     worker_pid: int
+    discarded_bytes: int = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes of the manifested output, whether it was sent or discarded."""
+        return len(self.rendered) or self.discarded_bytes
 
     def to_frame(self) -> tuple[Header, bytes]:
         """Return the ``(header, payload)`` of this result's ``result`` frame."""
@@ -135,6 +149,7 @@ class EvaluationResult:
             "type": RESULT,
             "seconds": self.evaluation_seconds,
             "pid": self.worker_pid,
+            "discarded_bytes": self.discarded_bytes,
         }
         return header, self.rendered
 
@@ -146,7 +161,12 @@ class EvaluationResult:
             FrameError: the header is malformed.
         """
         try:
-            return cls(payload, float(header["seconds"]), int(header["pid"]))
+            return cls(
+                payload,
+                float(header["seconds"]),
+                int(header["pid"]),
+                int(header.get("discarded_bytes", 0)),
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise FrameError(f"malformed result frame: {err!r}") from err
 

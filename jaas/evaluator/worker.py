@@ -259,6 +259,7 @@ def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
             continue
         del payload
         request_cap = request.max_output_bytes
+        discard = request.discard_output
         request = with_shared_libraries(request, shared)
         _limit_cpu(cpu_limit)
         outcome = _run_in_thread(request)
@@ -276,6 +277,11 @@ def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
                 ),
                 b"",
             )
+        elif outcome.result is not None and discard:
+            sent = dataclasses.replace(
+                outcome.result, rendered=b"", discarded_bytes=len(outcome.result.rendered)
+            )
+            reply = sent.to_frame()
         elif outcome.result is not None:
             reply = outcome.result.to_frame()
         else:

@@ -526,6 +526,7 @@ class SnippetReconciler:
                 max_stack=self.options.max_stack,
                 label=f"{meta['namespace']}/{meta['name']}",
                 max_output_bytes=cap,
+                discard_output=spec.output != "rendered",
             )
             try:
                 result = await self.evaluator.evaluate(request)
@@ -541,7 +542,7 @@ class SnippetReconciler:
                     Reason.ARTIFACT_TOO_LARGE,
                     f"{err.message} ({limit}); refused in the evaluator, nothing published",
                 ) from err
-            span.set_attribute("jaas.eval.renderedBytes", len(result.rendered))
+            span.set_attribute("jaas.eval.renderedBytes", result.size)
             return result
 
     def _output_cap(self, spec: SnippetSpec) -> int:
@@ -617,7 +618,7 @@ class SnippetReconciler:
             artifact = published.artifact
             span.set_attribute("jaas.publish.revision", artifact.revision)
             span.set_attribute("jaas.publish.retainCount", len(history))
-        message = f"Rendered {len(result.rendered)} bytes from {len(source.files)} files"
+        message = f"Rendered {result.size} bytes from {len(source.files)} files"
         await self._write_status(
             current,
             Reason.SYNCED,
@@ -629,7 +630,7 @@ class SnippetReconciler:
                 "history": history,
             },
         )
-        metrics.RENDERED_BYTES.labels(self.options.shard).observe(len(result.rendered))
+        metrics.RENDERED_BYTES.labels(self.options.shard).observe(result.size)
         log.info(
             "rendered %s/%s: %s (%s)",
             namespace,

@@ -144,6 +144,12 @@ class Leader:
             return f"no heartbeat from its event loop for {silent:.0f}s"
         if progress.get("watching") is False:
             return "a watch of its informers stopped"
+        rss = int(progress.get("rss_bytes") or 0)
+        limit = self.options.shard_memory_limit
+        if limit and rss > limit:
+            return (
+                f"resident memory {rss >> 20} MiB is over --shard-memory-limit ({limit >> 20} MiB)"
+            )
         running = float(progress.get("oldest_in_flight") or 0)
         if running > defaults.SHARD_STUCK_RECONCILE:
             return f"a reconcile has been running for {running:.0f}s"

@@ -27,6 +27,7 @@ from jaas.api.constants import SNIPPET_KIND
 from jaas.evaluator.libraries import library_path_aliases
 from jaas.observability import logging as jaas_logging
 from jaas.observability import metrics
+from jaas.observability.memory import resident_bytes
 from jaas.operator.cache import ObjectCache
 from jaas.operator.controller import ShardController
 from jaas.operator.events import EventRecorder
@@ -214,6 +215,7 @@ async def _heartbeat(leader: LeaderConnection, queue: WorkQueue[Key], cache: Obj
             "completions": queue.completions,
             "oldest_in_flight": round(queue.oldest_in_flight(), 3),
             "watching": cache.watching(),
+            "rss_bytes": resident_bytes(),
         }
         with contextlib.suppress(OSError):
             await leader.send_heartbeat(progress)

@@ -50,6 +50,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
+from jaas.observability.memory import resident_bytes
 from jaas.testing.certs import CertificateAuthority, SigningKey
 
 if TYPE_CHECKING:
@@ -235,11 +236,7 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 def rss_bytes(pid: int) -> int:
     """Return the resident set size of process ``pid`` in bytes (0 if it is gone)."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return resident_bytes(pid)
 
 
 def _b64(data: bytes) -> str:

@@ -556,3 +556,12 @@ async def test_an_output_over_the_callers_cap_is_refused_in_the_evaluator(
     assert error.message == "rendered.json would be 1003 bytes, over the 1000-byte limit"
     roomy = dataclasses.replace(snippet(program), max_output_bytes=1003)
     assert len((await pool.evaluate(roomy)).rendered) == 1003
+
+
+async def test_a_discarded_output_is_measured_but_not_sent(pool: EvaluatorPool) -> None:
+    program = "std.join('', std.makeArray(1000, function(i) 'x'))"
+    result = await pool.evaluate(dataclasses.replace(snippet(program), discard_output=True))
+    assert result.rendered == b""
+    assert result.size == 1003
+    failed = dataclasses.replace(snippet("error 'no'"), discard_output=True)
+    assert (await failure(pool, failed)).reason is Reason.EVALUATION_FAILED
