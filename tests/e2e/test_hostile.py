@@ -46,9 +46,12 @@ class TricklingServer:
         self.requested.set()
         response = web.StreamResponse(headers={"Content-Type": "application/gzip"})
         await response.prepare(request)
-        while True:
-            await response.write(b"\x1f")
-            await asyncio.sleep(1.0)
+        try:
+            while True:
+                await response.write(b"\x1f")
+                await asyncio.sleep(1.0)
+        except ConnectionResetError:  # the fetcher gave up on us, as it should
+            return response
 
     async def start(self) -> None:
         app = web.Application()
