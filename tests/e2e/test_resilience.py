@@ -7,8 +7,11 @@ Convergence times are printed at the end of the session, never asserted.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import random
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ from jaas.shards.assignment import HashRing
 from jaas.testing.controlplane import ControlPlane, api_client_from_kubeconfig, default_crd_dirs
 from jaas.testing.operator import OperatorProcess
 from tests.e2e.conftest import FIGURES, OPERATOR_ARGS
-from tests.e2e.helpers import create_namespace, create_snippet, snippet_path
+from tests.e2e.helpers import create_namespace, create_snippet, download, snippet_path, untar
 
 NAMESPACES = 6
 PER_NAMESPACE = 20
@@ -159,3 +162,106 @@ async def test_a_shard_whose_event_loop_stops_is_found_wedged_and_replaced(
     assert seen_wedged is not None
     assert seen_wedged.startswith("no heartbeat from its event loop")
     assert "is wedged: no heartbeat" in log
+
+
+def operator_pids(op: OperatorProcess, marker: str) -> list[int]:
+    """PIDs in the operator's session whose command line holds ``marker``."""
+    assert op.process is not None
+    out = subprocess.run(
+        ["ps", "-o", "pid=,args=", "-s", str(op.process.pid)], capture_output=True, text=True
+    ).stdout
+    return [int(line.split(None, 1)[0]) for line in out.splitlines() if marker in line]
+
+
+async def rendered_version(client: KubeClient, namespace: str, name: str) -> int | None:
+    """The version in the snippet's published rendered.json, if it is Synced and current."""
+    obj = await client.get(snippet_path(namespace, name))
+    status = obj.get("status") or {}
+    ready = find_condition(status.get("conditions"), "Ready") or {}
+    if (
+        ready.get("reason") != "Synced"
+        or status.get("observedGeneration") != obj["metadata"]["generation"]
+    ):
+        return None
+    rendered = untar(await download(status["artifactURL"]))["rendered.json"]
+    return int(json.loads(rendered)["version"])
+
+
+@pytest.mark.parametrize("run", range(1, 6))
+async def test_chaos_every_snippet_converges_to_its_latest_generation(
+    plane: ControlPlane, admin: KubeClient, tmp_path: Path, run: int
+) -> None:
+    """Churn, SIGKILL a shard, an evaluator, the leader and kube-apiserver; count lost updates.
+
+    100 snippets in 5 namespaces are updated at random throughout; the leader is
+    restarted by the test as a supervisor would, kube-apiserver on the same etcd.
+    """
+    rng = random.Random(run)
+    keys = [(f"chaos{run}-{n}", f"s{i}") for n in range(5) for i in range(20)]
+    for namespace in sorted({ns for ns, _ in keys}):
+        await create_namespace(admin, namespace)
+    latest = dict.fromkeys(keys, 1)
+    op = OperatorProcess(plane.kubeconfig, tmp_path / "operator", extra_args=OPERATOR_ARGS)
+    op.start()
+    try:
+        for namespace, name in keys:
+            await create_snippet(
+                admin, namespace, name, files={"main.jsonnet": program(namespace, name, 1)}
+            )
+
+        async def churn(rounds: int) -> None:
+            for _ in range(rounds):
+                key = rng.choice(keys)
+                latest[key] += 1
+                try:
+                    await bump(admin, *key, latest[key])
+                except Exception:  # the API is down for a moment: that update never happened
+                    latest[key] -= 1
+                    await asyncio.sleep(0.1)
+
+        for marker in (" shard ", "jaas.evaluator.worker"):
+            await churn(20)
+            os.kill(rng.choice(operator_pids(op, marker)), signal.SIGKILL)
+        await churn(20)
+        assert op.process is not None
+        op.process.kill()  # the leader; a supervisor (the kubelet) restarts the whole pod
+        await churn(10)
+        await asyncio.to_thread(op.stop)
+        await asyncio.to_thread(op.start)
+        await churn(20)
+        await asyncio.to_thread(plane.restart_apiserver, kill=True)
+        await reconnect(admin)
+        last_fault = time.monotonic()
+        await churn(20)
+        lost = await converge(admin, keys, latest, deadline=last_fault + 120)
+        converged_after = time.monotonic() - last_fault
+    finally:
+        await asyncio.to_thread(op.stop)
+    FIGURES.append(
+        f"chaos run {run}: {len(keys)} snippets, {sum(latest.values()) - len(keys)} updates, "
+        f"converged {converged_after:.1f} s after the last fault, lost updates {len(lost)}"
+    )
+    assert lost == [], lost
+
+
+async def converge(
+    client: KubeClient,
+    keys: list[tuple[str, str]],
+    latest: dict[tuple[str, str], int],
+    *,
+    deadline: float,
+) -> list[tuple[str, str, int, int | None]]:
+    """Wait until every snippet publishes its latest version; return the ones that did not."""
+    missing = list(keys)
+    while missing and time.monotonic() < deadline:
+        still = []
+        for key in missing:
+            if await rendered_version(client, *key) != latest[key]:
+                still.append(key)
+        missing = still
+        if missing:
+            await asyncio.sleep(0.5)
+    return [
+        (ns, name, latest[(ns, name)], await rendered_version(client, ns, name))
+        for ns, name in missing
+    ]
