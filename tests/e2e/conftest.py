@@ -20,7 +20,7 @@ from jaas.operator.kube import KubeClient
 from jaas.testing.controlplane import ControlPlane, default_crd_dirs
 from jaas.testing.flux import FluxPublisher
 from jaas.testing.operator import OperatorProcess
-from tests.e2e.helpers import TENANT_SA, create_namespace
+from tests.e2e.helpers import TENANT_SA, HostileServer, create_namespace
 
 _HERE = Path(__file__).resolve().parent
 _started: list[ControlPlane] = []
@@ -151,3 +151,12 @@ async def flux() -> AsyncIterator[FluxPublisher]:
     """A started FluxPublisher serving artifacts on 127.0.0.1."""
     async with FluxPublisher() as publisher:
         yield publisher
+
+
+@pytest_asyncio.fixture
+async def hostile() -> AsyncIterator[HostileServer]:
+    """A loopback server of attacker-controlled answers (``HostileServer``)."""
+    server = HostileServer()
+    await server.start()
+    yield server
+    await server.close()

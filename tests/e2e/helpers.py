@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from jaas.api.conditions import find_condition
 from jaas.api.constants import GROUP, SNIPPET_PLURAL, VERSION
@@ -121,3 +122,54 @@ def untar(data: bytes) -> dict[str, bytes]:
             assert content is not None, f"{member.name} is not a regular file"
             out[member.name] = content.read()
     return out
+
+
+class HostileServer:
+    """Loopback HTTP answers an attacker controls: status codes, redirects, trickles."""
+
+    def __init__(self) -> None:
+        self._runner: web.AppRunner | None = None
+        self.base = ""
+        #: Set once the first request for ``/trickle`` arrived.
+        self.requested = asyncio.Event()
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["code"]), text="no")
+
+    async def _loop(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
+    async def _to(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["target"])
+
+    async def _trickle(self, request: web.Request) -> web.StreamResponse:
+        self.requested.set()
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b"\x1f")
+                await asyncio.sleep(0.5)
+        except ConnectionResetError:  # the fetcher gave up on us, as it should
+            return response
+
+    async def _lying_length(self, request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 100, headers={"Content-Length": str(70 << 20)})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/status/{code}", self._status)
+        app.router.add_get("/loop", self._loop)
+        app.router.add_get("/to", self._to)
+        app.router.add_get("/trickle", self._trickle)
+        app.router.add_get("/trickle/{path:.*}", self._trickle)
+        app.router.add_get("/lying-length", self._lying_length)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.base = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
-from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
 from jaas.operator.kube import KubeClient
@@ -21,6 +18,7 @@ from jaas.testing.flux import FluxPublisher, make_tarball
 from jaas.testing.operator import OperatorProcess
 from tests.e2e.conftest import FIGURES
 from tests.e2e.helpers import (
+    HostileServer,
     create_namespace,
     create_snippet,
     download,
@@ -32,55 +30,11 @@ from tests.e2e.helpers import (
 pytestmark = pytest.mark.usefixtures("operator")
 
 
-class TricklingServer:
-    """Answers every GET with 200 and then one byte per second, forever."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.requested = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def _trickle(self, request: web.Request) -> web.StreamResponse:
-        self.requests += 1
-        self.requested.set()
-        response = web.StreamResponse(headers={"Content-Type": "application/gzip"})
-        await response.prepare(request)
-        try:
-            while True:
-                await response.write(b"\x1f")
-                await asyncio.sleep(1.0)
-        except ConnectionResetError:  # the fetcher gave up on us, as it should
-            return response
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/{path:.*}", self._trickle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@pytest_asyncio.fixture
-async def trickling() -> AsyncIterator[TricklingServer]:
-    server = TricklingServer()
-    await server.start()
-    yield server
-    await server.close()
-
-
 async def test_a_source_with_another_tenants_digest_on_a_slow_server_harms_only_itself(
     kube_client: KubeClient,
     kube: ApiClient,
     flux: FluxPublisher,
-    trickling: TricklingServer,
+    hostile: HostileServer,
     operator: OperatorProcess,
 ) -> None:
     client = kube_client
@@ -90,10 +44,10 @@ async def test_a_source_with_another_tenants_digest_on_a_slow_server_harms_only_
     # The attacker's source claims the victim's digest, but its URL (with
     # credentials and a token in the query) leads to a server that never finishes.
     published = await flux.publish_tarball(kube, "Bucket", attacker, "stolen", tarball, "r1")
-    slow = trickling.url.replace("http://", "http://admin:S3cr3t@") + "/slow?token=T0K3N"
+    slow = hostile.base.replace("http://", "http://admin:S3cr3t@") + "/trickle?token=T0K3N"
     flux.put_redirect(published.path, slow)
     await create_snippet(client, attacker, "a", sourceRef={"kind": "Bucket", "name": "stolen"})
-    await asyncio.wait_for(trickling.requested.wait(), 30)  # its download is under way
+    await asyncio.wait_for(hostile.requested.wait(), 30)  # its download is under way
     await flux.publish_tarball(kube, "Bucket", victim, "own", tarball, "r1")
     started = time.monotonic()
     await create_snippet(client, victim, "v", sourceRef={"kind": "Bucket", "name": "own"})
@@ -154,14 +108,14 @@ async def test_trickling_servers_delay_only_their_tenant_and_fail_with_a_clean_r
     kube_client: KubeClient,
     kube: ApiClient,
     flux: FluxPublisher,
-    trickling: TricklingServer,
+    hostile: HostileServer,
 ) -> None:
     client = kube_client
     slow_ns = await create_namespace(client, "hostile-trickle")
     neighbour = await create_namespace(client, same_shard(slow_ns, "hostile-neighbour"))
     # Eight sources (more than the shard's four download slots) on a server that
     # sends one byte a second, each with its own digest, behind credentials and a token.
-    slow = trickling.url.replace("http://", "http://admin:S3cr3t@") + "/slow?token=T0K3N"
+    slow = hostile.base.replace("http://", "http://admin:S3cr3t@") + "/trickle?token=T0K3N"
     for i in range(8):
         published = await flux.publish_tarball(
             kube,
@@ -175,7 +129,7 @@ async def test_trickling_servers_delay_only_their_tenant_and_fail_with_a_clean_r
         await create_snippet(
             client, slow_ns, f"s{i}", sourceRef={"kind": "Bucket", "name": f"slow-{i}"}
         )
-    await asyncio.wait_for(trickling.requested.wait(), 30)
+    await asyncio.wait_for(hostile.requested.wait(), 30)
     await flux.publish_tarball(
         kube, "Bucket", neighbour, "fine", make_tarball({"main.jsonnet": "{ ok: true }"}), "r1"
     )

@@ -18,20 +18,25 @@ import io
 import tarfile
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
 from jaas.api.conditions import find_condition
 from jaas.operator.kube import KubeClient, resource_path
 from jaas.testing.flux import FluxPublisher, make_tarball
 from tests.e2e.conftest import FIGURES
-from tests.e2e.helpers import create_namespace, create_snippet, download, snippet_path, untar
+from tests.e2e.helpers import (
+    HostileServer,
+    create_namespace,
+    create_snippet,
+    download,
+    snippet_path,
+    untar,
+)
 from tests.unit.test_sources_extract import entry, header, pax, targz
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -39,61 +44,6 @@ pytestmark = pytest.mark.usefixtures("operator")
 GOOD = "{ good: true }"
 GOOD_RENDERED = b'{\n   "good": true\n}\n'
 SECRET_URL_PARTS = ("S3cr3t", "T0K3N")
-
-
-class HostileServer:
-    """Loopback HTTP answers an attacker controls: status codes, redirects, trickles."""
-
-    def __init__(self) -> None:
-        self._runner: web.AppRunner | None = None
-        self.base = ""
-
-    async def _status(self, request: web.Request) -> web.Response:
-        return web.Response(status=int(request.match_info["code"]), text="no")
-
-    async def _loop(self, request: web.Request) -> web.Response:
-        raise web.HTTPFound("/loop")
-
-    async def _to(self, request: web.Request) -> web.Response:
-        raise web.HTTPFound(request.query["target"])
-
-    async def _trickle(self, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        await response.prepare(request)
-        try:
-            while True:
-                await response.write(b"\x1f")
-                await asyncio.sleep(0.5)
-        except ConnectionResetError:  # the fetcher gave up on us, as it should
-            return response
-
-    async def _lying_length(self, request: web.Request) -> web.Response:
-        return web.Response(body=b"x" * 100, headers={"Content-Length": str(70 << 20)})
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/status/{code}", self._status)
-        app.router.add_get("/loop", self._loop)
-        app.router.add_get("/to", self._to)
-        app.router.add_get("/trickle", self._trickle)
-        app.router.add_get("/lying-length", self._lying_length)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@pytest_asyncio.fixture
-async def hostile() -> AsyncIterator[HostileServer]:
-    server = HostileServer()
-    await server.start()
-    yield server
-    await server.close()
 
 
 @dataclass

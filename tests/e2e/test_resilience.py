@@ -193,11 +193,11 @@ async def test_chaos_every_snippet_converges_to_its_latest_generation(
 ) -> None:
     """Churn, SIGKILL a shard, an evaluator, the leader and kube-apiserver; count lost updates.
 
-    100 snippets in 5 namespaces are updated at random throughout; the leader is
+    200 snippets in 8 namespaces are updated at random throughout; the leader is
     restarted by the test as a supervisor would, kube-apiserver on the same etcd.
     """
     rng = random.Random(run)
-    keys = [(f"chaos{run}-{n}", f"s{i}") for n in range(5) for i in range(20)]
+    keys = [(f"chaos{run}-{n}", f"s{i}") for n in range(8) for i in range(25)]
     for namespace in sorted({ns for ns, _ in keys}):
         await create_namespace(admin, namespace)
     latest = dict.fromkeys(keys, 1)
