@@ -44,6 +44,8 @@ pytestmark = pytest.mark.usefixtures("operator")
 GOOD = "{ good: true }"
 GOOD_RENDERED = b'{\n   "good": true\n}\n'
 SECRET_URL_PARTS = ("S3cr3t", "T0K3N")
+#: The 5 s wall-clock evaluation timeout can stop these before their own bound.
+RACES_THE_CLOCK = frozenset({"EvaluationTimeout"})
 
 
 @dataclass
@@ -62,6 +64,10 @@ class Attack:
     program: str | None = None
     #: a fragment the Ready message must hold
     says: str = ""
+    #: other reasons that count as its end: for programs stopped either by the
+    #: memory or depth bound or by the wall-clock timeout, whichever a busy
+    #: machine reaches first
+    or_else: frozenset[str] = frozenset()
 
 
 def gzip_bomb() -> bytes:
@@ -270,7 +276,12 @@ def jsonnet_attacks() -> list[Attack]:
     return [
         Attack("runtime-error", fail, program="{ a: error 'boom' }", says="boom"),
         Attack("syntax-error", fail, program="{ a: }", says="main.jsonnet:1"),
-        Attack("unbounded-recursion", fail, program="local f(x) = f(x + 1); f(0)"),
+        Attack(
+            "unbounded-recursion",
+            fail,
+            program="local f(x) = f(x + 1); f(0)",
+            or_else=RACES_THE_CLOCK,
+        ),
         Attack(
             "endless-loop",
             "EvaluationTimeout",
@@ -278,7 +289,12 @@ def jsonnet_attacks() -> list[Attack]:
             program="std.foldl(function(acc, x) acc + std.foldl(function(a, y) a + y, "
             "std.range(0, 1000000), 0), std.range(0, 1000000), 0)",
         ),
-        Attack("memory-bomb", fail, program="std.length(std.makeArray(1000000000, function(i) i))"),
+        Attack(
+            "memory-bomb",
+            fail,
+            program="std.length(std.makeArray(1000000000, function(i) i))",
+            or_else=RACES_THE_CLOCK,
+        ),
         Attack(
             "output-over-max-artifact-bytes",
             "ArtifactTooLarge",
@@ -289,7 +305,12 @@ def jsonnet_attacks() -> list[Attack]:
         Attack("importstr-traversal", fail, program="importstr '../../../etc/passwd'"),
         Attack("undefined-ext-var", fail, program="std.extVar('undefined')"),
         Attack("function-without-tla", fail, program="function(x) x"),
-        Attack("ten-thousand-nested-arrays", fail, program="[" * 10_000 + "]" * 10_000),
+        Attack(
+            "ten-thousand-nested-arrays",
+            fail,
+            program="[" * 10_000 + "]" * 10_000,
+            or_else=RACES_THE_CLOCK,
+        ),
         Attack(
             "long-multibyte-error",
             fail,
@@ -350,7 +371,7 @@ def verdict(obj: dict[str, Any], case: Attack, good_url: str) -> str | None:
     """Why ``obj`` does not (yet) show the case's expected end, or None when it does."""
     status = obj.get("status") or {}
     ready = find_condition(status.get("conditions"), "Ready") or {}
-    if ready.get("reason") != case.reason:
+    if ready.get("reason") != case.reason and ready.get("reason") not in case.or_else:
         return f"reason {ready.get('reason')!r}"
     message = str(ready.get("message"))
     if case.says and case.says not in message:
