@@ -773,6 +773,24 @@ async def test_a_slow_server_is_cut_off_by_the_bound_it_breaks(
     assert info.value.message.endswith(f"({flag})")
 
 
+async def test_a_listener_that_never_accepts_is_cut_off_by_the_connect_timeout() -> None:
+    # A listen backlog of 0 holds one connection; the kernel drops the SYNs of the
+    # next ones, so their connect hangs as it would towards a black-holed address.
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued.connect(("127.0.0.1", port))
+        fetcher = quick_fetcher(connect_timeout=0.3)
+        try:
+            with pytest.raises(ReasonError, match=r"no connection within 0\.3 s") as info:
+                await fetcher.fetch(f"http://127.0.0.1:{port}/a.tar.gz", DIGEST)
+        finally:
+            await fetcher.close()
+    assert info.value.transient
+    assert info.value.message.endswith("(--download-connect-timeout)")
+
+
 async def test_one_namespaces_slow_downloads_leave_a_slot_for_another(
     server: ArtifactServer,
 ) -> None:
