@@ -793,7 +793,7 @@ class SnippetReconciler:
         reason_text = reason.value if isinstance(reason, Reason) else reason
         ok = reason_text == Reason.SYNCED.value if isinstance(ready, _Derived) else ready
         generation = int(meta.get("generation") or 0)
-        message = shorten_message(message)
+        full_message, message = message, shorten_message(message)
 
         def build(text: str) -> dict[str, Any]:
             conditions = set_condition(
@@ -824,7 +824,7 @@ class SnippetReconciler:
         except KubeApiError as err:
             if not _too_large(err):
                 raise
-            message = shorten_message(message, SHORT_MESSAGE)
+            message = shorten_message(full_message, SHORT_MESSAGE)
             await self.client.merge_patch(path, {"status": build(message)})
         before = find_condition(status.get("conditions"), READY)
         now_status = "Unknown" if ok is None else "True" if ok else "False"

@@ -12,7 +12,8 @@ import time
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
-from jaas.operator.kube import KubeClient
+from jaas.operator.kube import KubeApiError, KubeClient
+from jaas.operator.reconciler import MAX_MESSAGE, SHORT_MESSAGE
 from jaas.shards.assignment import HashRing
 from jaas.testing.flux import FluxPublisher, make_tarball
 from jaas.testing.operator import OperatorProcess
@@ -23,6 +24,7 @@ from tests.e2e.helpers import (
     create_snippet,
     download,
     ready,
+    snippet_path,
     untar,
     wait_reason,
 )
@@ -183,3 +185,54 @@ async def test_a_render_over_the_file_limit_is_refused_in_the_evaluator(
         "rendered.json would be 17825795 bytes, over the 1048576-byte limit "
         "(--max-artifact-bytes); refused in the evaluator, nothing published"
     )
+
+
+async def largest_creatable_padding(client: KubeClient, namespace: str, name_length: int) -> int:
+    """The most bytes of padding a snippet named with ``name_length`` characters can carry.
+
+    Bisects creates against the real API server: past etcd's request limit a
+    create is refused ("request is too large"). Every probe that is created is
+    deleted again.
+    """
+    low, high = 1024 * 1024, 2 * 1024 * 1024  # etcd's limit (1.5 MiB) lies between
+    probe = 0
+    while high - low > 32:
+        middle = (low + high) // 2
+        probe += 1
+        name = f"p{probe:0{name_length - 1}d}"
+        try:
+            await create_snippet(client, namespace, name, files=padded("{}", middle))
+        except KubeApiError as err:
+            assert "too large" in err.message.lower(), err.message
+            high = middle
+        else:
+            low = middle
+            await client.delete(snippet_path(namespace, name))
+    return low
+
+
+def padded(program: str, padding: int) -> dict[str, str]:
+    """Inline files: ``main.jsonnet`` holding ``program`` and a comment of ``padding`` bytes."""
+    return {"main.jsonnet": program, "padding.jsonnet": "// " + "p" * padding}
+
+
+async def test_a_failing_snippet_at_etcds_size_limit_still_gets_its_status(
+    kube_client: KubeClient,
+) -> None:
+    client = kube_client
+    ns = await create_namespace(client, "hostile-etcd-limit")
+    padding = await largest_creatable_padding(client, ns, name_length=6)
+    # 2.5 KB below the limit: room for the finalizer and a short status, not for
+    # a status carrying the error's full 4,096-character message.
+    program = "error 'broken: ' + std.repeat('x', 20000)"
+    await create_snippet(client, ns, "broken", files=padded(program, padding - 2500))
+    failed = await wait_reason(client, ns, "broken", "EvaluationFailed")
+    condition = ready(failed)
+    assert condition["status"] == "False"
+    assert condition["observedGeneration"] == failed["metadata"]["generation"]
+    assert failed["status"]["observedGeneration"] == failed["metadata"]["generation"]
+    message = condition["message"]
+    assert message.startswith("runtime error: broken: xxx"), message
+    assert message.endswith("main.jsonnet:1:1-43: error statement"), message
+    # The status with the full message was refused; the fallback cut it short.
+    assert len(message) <= SHORT_MESSAGE < MAX_MESSAGE
