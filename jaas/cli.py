@@ -239,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a shard whose resident memory passes this is restarted; 0 disables",
     )
     op.add_argument(
+        "--leader-memory-limit",
+        type=parse_quantity,
+        default=format_quantity(d.leader_memory_limit),
+        help="a leader whose resident memory passes this shuts down and exits 1 "
+        "to be restarted; 0 disables",
+    )
+    op.add_argument(
         "--permanent-retry-interval",
         type=duration_flag,
         default=format_duration(d.permanent_retry_interval),

@@ -96,6 +96,12 @@ SHARD_HEARTBEAT_TIMEOUT: Final = 30.0
 #: restarted (it holds ~85 MiB, ~120 MiB with 2,000 snippets, plus the sources
 #: of its reconciles in flight, each at most 64 MiB extracted).
 SHARD_MEMORY_LIMIT: Final = 2 * GiB
+#: ``--leader-memory-limit``: a leader whose resident memory passes this shuts
+#: down gracefully and exits 1 for its supervisor (the kubelet) to restart it.
+#: It holds ~42 MiB whatever the render size, plus the requests and results of
+#: the evaluations in flight (each at most 64 MiB of sources and the 16 MiB
+#: output cap).
+LEADER_MEMORY_LIMIT: Final = 1 * GiB
 #: A reconcile running this long means a wedged shard (every stage has its own,
 #: far shorter bound: downloads 300 s, evaluations the evaluation timeout).
 SHARD_STUCK_RECONCILE: Final = 900.0

@@ -100,6 +100,7 @@ class OperatorOptions:
     download_min_rate: int = defaults.DOWNLOAD_MIN_RATE
     shard_heartbeat_timeout: float = defaults.SHARD_HEARTBEAT_TIMEOUT
     shard_memory_limit: int = defaults.SHARD_MEMORY_LIMIT
+    leader_memory_limit: int = defaults.LEADER_MEMORY_LIMIT
     permanent_retry_interval: float = defaults.PERMANENT_RETRY_INTERVAL
     artifact_gc_grace: float = defaults.ARTIFACT_GC_GRACE
     storage_sweep_interval: float = defaults.STORAGE_SWEEP_INTERVAL

@@ -35,6 +35,7 @@ from jaas.evaluator.pool import EvaluatorPool
 from jaas.evaluator.request import EvaluationResult
 from jaas.ipc import Header
 from jaas.observability import metrics
+from jaas.observability.memory import resident_bytes
 from jaas.options import OperatorOptions
 from jaas.shards.assignment import local_shard_names
 from jaas.shards.channel import ShardEndpoint
@@ -87,6 +88,8 @@ class Leader:
         self.draining = False
         self._runners: list[web.AppRunner] = []
         self.stop_requested = asyncio.Event()
+        #: What ``run`` returns: 1 after the leader stopped itself (``over_memory_limit``).
+        self.exit_code = 0
 
     async def _sweep_storage(self) -> None:
         """Remove temporary files that a killed shard left in the store (JaaS sweeper)."""
@@ -155,11 +158,32 @@ class Leader:
             return f"a reconcile has been running for {running:.0f}s"
         return None
 
+    def over_memory_limit(self, rss: int) -> str | None:
+        """Why the leader, resident with ``rss`` bytes, must stop itself, or None."""
+        limit = self.options.leader_memory_limit
+        if limit and rss > limit:
+            return (
+                f"leader resident memory {rss >> 20} MiB is over --leader-memory-limit "
+                f"({limit >> 20} MiB)"
+            )
+        return None
+
     async def _watchdog(self) -> None:
-        """Restart every shard that is wedged (``wedged_because``); it is not ready meanwhile."""
+        """Restart every shard that is wedged (``wedged_because``); it is not ready meanwhile.
+
+        Also watches the leader's own resident memory: over
+        ``--leader-memory-limit`` it shuts down as on SIGTERM and ``run``
+        returns 1, for the kubelet (or any supervisor) to start it again.
+        """
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(defaults.SHARD_HEARTBEAT_INTERVAL)
+            over = self.over_memory_limit(resident_bytes())
+            if over is not None:
+                log.error("%s; shutting down to be restarted", over)
+                self.exit_code = 1
+                self.stop_requested.set()
+                return
             for shard, sup in self.supervisors.items():
                 why = self.wedged_because(shard, loop.time())
                 if why is None:
@@ -267,7 +291,11 @@ class Leader:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Start everything, wait for SIGTERM/SIGINT, shut down; return the exit code."""
+        """Start everything, wait for SIGTERM/SIGINT, shut down; return the exit code.
+
+        The exit code is 0, or 1 when the leader stopped itself over
+        ``--leader-memory-limit``.
+        """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
@@ -293,7 +321,7 @@ class Leader:
             log.info("shutting down")
         finally:
             await self.shutdown()
-        return 0
+        return self.exit_code
 
     async def shutdown(self) -> None:
         """Stop shards, the pool, the control socket and the HTTP servers."""

@@ -102,13 +102,8 @@ class OperatorProcess:
             *self.extra_args,
         )
 
-    def start(self, timeout: float = 60.0) -> OperatorProcess:
-        """Start the operator and wait until ``/ready`` answers 200.
-
-        Raises:
-            OperatorError: it exited or did not become ready in time (the
-                message holds the tail of its log).
-        """
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start the operator process in its own session without waiting for it."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -120,6 +115,17 @@ class OperatorProcess:
             cwd=self.cwd,
         )
         log.close()
+        return self.process
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        """Start the operator and wait until ``/ready`` answers 200.
+
+        Raises:
+            OperatorError: it exited or did not become ready in time (the
+                message holds the tail of its log).
+        """
+        self.launch()
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

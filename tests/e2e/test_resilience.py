@@ -265,3 +265,21 @@ async def converge(
         (ns, name, latest[(ns, name)], await rendered_version(client, ns, name))
         for ns, name in missing
     ]
+
+
+def test_a_leader_over_its_memory_limit_shuts_down_its_processes_and_exits_1(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    args = [*OPERATOR_ARGS, "--leader-memory-limit", "1Mi"]
+    op = OperatorProcess(plane.kubeconfig, tmp_path / "operator", extra_args=args)
+    leader = op.launch()
+    try:
+        code = leader.wait(60)
+        left = op.pids()  # the shards and evaluators of its session
+    finally:
+        op.stop()
+    log = op.log_path.read_text()
+    assert code == 1, log
+    assert "operator started: 2 shards" in log
+    assert "over --leader-memory-limit (1 MiB); shutting down to be restarted" in log
+    assert left == []

@@ -21,6 +21,7 @@ def leader(tmp_path: Path) -> Leader:
         shards=1,
         shard_heartbeat_timeout=30.0,
         shard_memory_limit=1 * GiB,
+        leader_memory_limit=1 * GiB,
     )
     made = Leader(options, tmp_path)
     made.ready_shards.add("shard-0")
@@ -56,3 +57,12 @@ def test_a_shard_that_is_not_ready_yet_is_not_judged(leader: Leader) -> None:
     beat(leader, 0.0)
     assert leader.wedged_because("shard-0", 1000.0) is None
     assert leader.wedged_because("shard-9", 1000.0) is None
+
+
+def test_the_leader_stops_itself_only_over_its_own_memory_limit(leader: Leader) -> None:
+    assert leader.over_memory_limit(GiB) is None
+    assert leader.over_memory_limit(GiB + (5 << 20)) == (
+        "leader resident memory 1029 MiB is over --leader-memory-limit (1024 MiB)"
+    )
+    leader.options.leader_memory_limit = 0
+    assert leader.over_memory_limit(100 * GiB) is None
