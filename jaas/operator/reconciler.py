@@ -619,6 +619,8 @@ class SnippetReconciler:
             span.set_attribute("jaas.publish.revision", artifact.revision)
             span.set_attribute("jaas.publish.retainCount", len(history))
         message = f"Rendered {result.size} bytes from {len(source.files)} files"
+        if package.objects is not None:
+            message += f": {package.objects.summary()}"
         await self._write_status(
             current,
             Reason.SYNCED,

@@ -3,8 +3,11 @@
 Follows metio/jaas ``internal/operator/publisher.go`` and
 ``internal/storage/store.go`` (jaas-reference §3.7):
 
-- ``output: rendered``: one entry ``rendered.json``; revision =
-  ``sha256:`` + sha256 of that content;
+- ``output: rendered``: ``rendered.json``; revision = ``sha256:`` + sha256
+  of that content (JaaS's single entry, unchanged); beside it jaas-py adds
+  ``kustomization.yaml`` and, when the render holds Kubernetes objects,
+  ``objects.yaml``, so Flux's kustomize-controller applies them
+  (:mod:`jaas.storage.objects`); the revision does not depend on them;
 - ``output: source``: every file at its relative path; revision =
   ``sha256:`` + sha256 over the files sorted by name of
   ``name NUL content NUL`` …;
@@ -16,8 +19,8 @@ Follows metio/jaas ``internal/operator/publisher.go`` and
   depends on the zlib implementation, so digests may differ from Go JaaS's);
 - caps, checked before anything is written: each entry at most 16 MiB and
   the total at most 64 MiB (what every consumer using JaaS's fetcher limits
-  can extract), plus an optional operator cap (``--max-artifact-bytes``);
-  exceeding one is ``ArtifactTooLarge``.
+  can extract), plus an optional operator cap (``--max-artifact-bytes``, on
+  ``rendered.json`` or the source files); exceeding one is ``ArtifactTooLarge``.
 
 Packaging a large output is CPU-bound (deflate); call it from a thread when
 on an event loop.
@@ -37,6 +40,7 @@ from typing import Final
 from jaas.api.reasons import Reason, ReasonError
 from jaas.sources.digest import format_digest
 from jaas.sources.extract import MAX_ENTRY_BYTES, MAX_EXTRACTED_BYTES, safe_entry_name
+from jaas.storage.objects import RenderedObjects, consumer_files
 
 #: The single entry of an ``output: rendered`` artifact.
 RENDERED_FILE_NAME: Final = "rendered.json"
@@ -54,11 +58,14 @@ class Package:
         data: the ``.tar.gz`` bytes.
         revision: ``sha256:<hex>`` of the content (see module docstring).
         digest: ``sha256:<hex>`` of ``data``.
+        objects: the Kubernetes objects found in ``rendered.json`` (None for
+            ``output: source``).
     """
 
     data: bytes
     revision: str
     digest: str
+    objects: RenderedObjects | None = None
 
     @property
     def size(self) -> int:
@@ -83,17 +90,19 @@ def source_revision(files: Mapping[str, bytes]) -> str:
 
 
 def package_rendered(rendered: bytes, *, max_artifact_bytes: int | None = None) -> Package:
-    """Package rendered JSON as a one-entry ``rendered.json`` artifact.
+    """Package rendered JSON as ``rendered.json`` plus the files kustomize applies.
 
     Raises:
-        ReasonError: ``ArtifactTooLarge`` when ``rendered`` is over 16 MiB or
-            over ``max_artifact_bytes``.
+        ReasonError: ``ArtifactTooLarge`` when ``rendered`` is over
+            ``max_artifact_bytes``, or an entry over 16 MiB.
     """
-    entries = {RENDERED_FILE_NAME: rendered}
-    _check_caps(entries, max_artifact_bytes)
+    _check_caps({RENDERED_FILE_NAME: rendered}, max_artifact_bytes)
+    extra, objects = consumer_files(rendered)
+    entries = {RENDERED_FILE_NAME: rendered, **extra}
+    _check_caps(entries, None)
     data = build_tarball(entries)
     revision = format_digest(hashlib.sha256(rendered).hexdigest())
-    return Package(data, revision, format_digest(hashlib.sha256(data).hexdigest()))
+    return Package(data, revision, format_digest(hashlib.sha256(data).hexdigest()), objects)
 
 
 def package_sources(

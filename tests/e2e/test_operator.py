@@ -80,7 +80,7 @@ async def test_inline_snippet_publishes_a_complete_external_artifact(
     status = obj["status"]
     cond = ready(obj)
     assert cond["status"] == "True"
-    assert re.fullmatch(r"Rendered \d+ bytes from 1 files", cond["message"])
+    assert re.fullmatch(r"Rendered \d+ bytes from 1 files: .*", cond["message"])
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     assert FINALIZER in obj["metadata"]["finalizers"]
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", status["revision"])
@@ -106,7 +106,7 @@ async def test_inline_snippet_publishes_a_complete_external_artifact(
     assert sha256(tarball) == artifact["digest"]
     assert len(tarball) == artifact["size"]
     members = untar(tarball)
-    assert list(members) == ["rendered.json"]
+    assert sorted(members) == ["kustomization.yaml", "rendered.json"]
     assert sha256(members["rendered.json"]) == status["revision"]
     expected = _gojsonnet.evaluate_snippet(
         "main.jsonnet",
@@ -166,7 +166,7 @@ async def test_git_repository_source_with_path_and_imports_rerenders_on_new_revi
     obj = await wait_reason(client, namespace, "from-git", "Synced")
     first_revision = obj["status"]["revision"]
     first_ea = await get_external_artifact(client, namespace, "from-git")
-    assert ready(obj)["message"].endswith("from 4 files")
+    assert " from 4 files: " in ready(obj)["message"]
     rendered = untar(await download(obj["status"]["artifactURL"]))["rendered.json"]
     assert json.loads(rendered) == {"app": "web", "version": 1, "text": "hello"}
 

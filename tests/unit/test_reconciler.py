@@ -212,7 +212,11 @@ async def test_a_good_snippet_is_published_as_the_tenant(h: Harness) -> None:
     assert ea is not None
     assert ea["status"]["artifact"]["revision"] == h.status()["revision"]
     rendered = b'{\n   "a": "unit"\n}\n'
-    assert h.ready()["message"] == f"Rendered {len(rendered)} bytes from 1 files"
+    assert h.ready()["message"] == (
+        f"Rendered {len(rendered)} bytes from 1 files: rendered.json is not Kubernetes "
+        "objects ($.a: a string, not a Kubernetes object), a Kustomization of this "
+        "artifact fails"
+    )
     assert FINALIZER in h.api.objects[snippet_path(NS, "s")]["metadata"]["finalizers"]
     # ExternalArtifact writes are the tenant's; snippet writes and the mint are the operator's.
     assert {ident for ident, _, path in h.api.calls if "externalartifacts" in path} == {TENANT}

@@ -38,8 +38,26 @@ def test_rendered_package() -> None:
     assert package.digest == "sha256:" + hashlib.sha256(package.data).hexdigest()
     assert package.size == len(package.data)
     assert package.file_name == f"sha256-{hex_revision}.tar.gz"
-    assert extract_tarball(package.data) == {"rendered.json": RENDERED}
-    assert [m.name for m in members(package)] == ["rendered.json"]
+    files = extract_tarball(package.data)
+    assert files["rendered.json"] == RENDERED
+    assert [m.name for m in members(package)] == ["kustomization.yaml", "rendered.json"]
+    assert package.objects is not None
+    assert package.objects.problems == ("$.a: a number, not a Kubernetes object",)
+
+
+def test_a_render_of_objects_ships_them_for_kustomize_and_keeps_its_revision() -> None:
+    rendered = (
+        b'{\n   "apiVersion": "v1",\n   "kind": "ConfigMap",\n   "metadata": {"name": "x"}\n}\n'
+    )
+    package = package_rendered(rendered)
+    assert package.revision == "sha256:" + hashlib.sha256(rendered).hexdigest()
+    files = extract_tarball(package.data)
+    assert sorted(files) == ["kustomization.yaml", "objects.yaml", "rendered.json"]
+    assert files["rendered.json"] == rendered
+    assert (
+        b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}' in files["objects.yaml"]
+    )
+    assert b'- "objects.yaml"' in files["kustomization.yaml"]
 
 
 def test_source_package_and_revision() -> None:
