@@ -35,6 +35,7 @@ import zstandard
 from aiohttp import web
 
 from jaas.sources.cache import ZSTD_LEVEL, ArtifactCache
+from jaas.sources.digest import Digest
 from jaas.sources.extract import extract_tarball
 from jaas.sources.fetch import ArtifactFetcher
 from jaas.sources.urlguard import URLGuard
@@ -206,7 +207,7 @@ async def concurrent_fetches(
 
 async def hit_versus_download(server: CountingServer, url: str, digest: str, data: bytes) -> None:
     """Section 2: cache hit latency versus a download."""
-    hex_digest = digest.removeprefix("sha256:")
+    parsed = Digest("sha256", digest.removeprefix("sha256:"))
     print(f"\n2. latency, {len(data) / MB:.1f} MB artifact (median of 15)")
     with tempfile.TemporaryDirectory() as tmp:
         cache = ArtifactCache(Path(tmp) / "cache")
@@ -217,7 +218,7 @@ async def hit_versus_download(server: CountingServer, url: str, digest: str, dat
         hit_async = await median_of(15, lambda: cached.fetch(url, digest))
         start = time.perf_counter()
         for _ in range(15):
-            cache.get(hex_digest)
+            cache.get(parsed)
         hit_sync = (time.perf_counter() - start) / 15
         extract = await median_of(5, lambda: asyncio.to_thread(extract_tarball, data))
         await cached.close()

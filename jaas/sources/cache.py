@@ -1,16 +1,20 @@
 """The pod-wide, content-addressed cache of downloaded Flux artifacts.
 
 Every shard and evaluator process of a pod opens the same directory; an
-artifact is stored once under the sha256 hex of its tarball, so N snippets
-reading one source revision cause one download (design.md §3
-"Content-addressed cache"). Layout under ``root``::
+artifact is stored once under its digest (:class:`~jaas.sources.digest.Digest`,
+the Flux ``status.artifact.digest``), so N snippets reading one source
+revision cause one download (design.md §3 "Content-addressed cache"). An
+entry's *key* is the hex alone for sha256 (the layout before other algorithms
+were supported, so existing entries stay valid) and ``<algorithm>-<hex>`` for
+sha384, sha512 and blake3, so two algorithms never share a file. Layout under
+``root``::
 
-    objects/<hex>.zst           the tarball, zstd-compressed (written tmp + rename)
-    objects/.<hex>.<id>.tmp     a write in progress
-    locks/<hex>.lock            flock target while one process fills <hex>
+    objects/<key>.zst           the tarball, zstd-compressed (written tmp + rename)
+    objects/.<key>.<id>.tmp     a write in progress
+    locks/<key>.lock            flock target while one process fills <key>
 
-- Reads are verified: the decompressed bytes are re-hashed; a corrupt or
-  truncated entry is deleted and counts as a miss.
+- Reads are verified: the decompressed bytes are re-hashed with the digest's
+  own algorithm; a corrupt or truncated entry is deleted and counts as a miss.
 - Fills are single-flight per digest, but only as far as they succeed: a
   verified entry is shared by digest, an in-flight download is not a shared
   fate. Inside a process, callers with the same *origin* (the source's URL)
@@ -20,7 +24,7 @@ reading one source revision cause one download (design.md §3
   and sees only its own errors (a tenant pointing a source with another
   tenant's digest at a slow or broken server delays and fails only itself).
   Across processes the filler holds an exclusive ``flock`` on
-  ``locks/<hex>.lock``; a waiter polls for it (``LOCK_NB``, never blocking
+  ``locks/<key>.lock``; a waiter polls for it (``LOCK_NB``, never blocking
   the event loop or a thread) for at most ``share_wait`` seconds, re-checks
   the cache once it has it, and downloads without it when the wait runs out.
   The filler unlinks the lock file while still holding it; a waiter that then
@@ -31,7 +35,7 @@ reading one source revision cause one download (design.md §3
   ``max_bytes``.
 
 Blocking methods (:meth:`ArtifactCache.get`, :meth:`ArtifactCache.put`) do
-file I/O, zstd and sha256 on up to tens of MiB; call them from a thread when
+file I/O, zstd and hashing on up to tens of MiB; call them from a thread when
 on an event loop. :meth:`ArtifactCache.get_or_fetch` does that itself.
 """
 
@@ -40,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import secrets
@@ -52,7 +55,7 @@ from typing import Final
 import zstandard
 
 from jaas import defaults
-from jaas.sources.digest import is_sha256_hex
+from jaas.sources.digest import ALGORITHM, Digest
 
 #: Default bound on the cache's on-disk size (compressed bytes).
 DEFAULT_MAX_BYTES: Final = 1 << 30
@@ -108,7 +111,7 @@ class ArtifactCache:
         self._objects.mkdir(parents=True, exist_ok=True)
         self._locks.mkdir(parents=True, exist_ok=True)
         # digest -> origin -> the fill running in this process for that origin
-        self._inflight: dict[str, dict[str, asyncio.Task[bytes]]] = {}
+        self._inflight: dict[Digest, dict[str, asyncio.Task[bytes]]] = {}
         self.hits = 0
         self.misses = 0
         self.downloads = 0
@@ -118,43 +121,43 @@ class ArtifactCache:
         self.corrupt = 0
         self.write_errors = 0
 
-    def object_path(self, hex_digest: str) -> Path:
-        """Where the entry for ``hex_digest`` lives (whether or not it exists)."""
-        _check_hex(hex_digest)
-        return self._objects / f"{hex_digest}{_SUFFIX}"
+    def object_path(self, digest: Digest) -> Path:
+        """Where the entry for ``digest`` lives (whether or not it exists).
 
-    def get(self, hex_digest: str) -> bytes | None:
-        """Return the verified tarball for ``hex_digest``, or None on a miss (blocking).
-
-        A hit refreshes the entry's mtime (its LRU position). A corrupt entry
-        is deleted and reported as a miss.
-
-        Raises:
-            ValueError: ``hex_digest`` is not 64 lower-case hex characters.
+        ``objects/<hex>.zst`` for sha256, ``objects/<algorithm>-<hex>.zst``
+        for the other algorithms.
         """
-        data = self._read(hex_digest)
+        return self._objects / f"{entry_key(digest)}{_SUFFIX}"
+
+    def get(self, digest: Digest) -> bytes | None:
+        """Return the verified tarball for ``digest``, or None on a miss (blocking).
+
+        The entry is re-hashed with ``digest``'s algorithm. A hit refreshes
+        the entry's mtime (its LRU position). A corrupt entry is deleted and
+        reported as a miss.
+        """
+        data = self._read(digest)
         if data is None:
             self.misses += 1
         else:
             self.hits += 1
         return data
 
-    def put(self, hex_digest: str, data: bytes) -> None:
-        """Store ``data`` under ``hex_digest`` atomically, then evict to the size bound (blocking).
+    def put(self, digest: Digest, data: bytes) -> None:
+        """Store ``data`` under ``digest`` atomically, then evict to the size bound (blocking).
 
         Raises:
-            ValueError: ``hex_digest`` is malformed or is not the sha256 of ``data``.
+            ValueError: ``data`` does not hash to ``digest`` (in its algorithm).
             OSError: the cache directory cannot be written.
         """
-        _check_hex(hex_digest)
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != hex_digest:
-            raise ValueError(f"cache put: data hashes to {actual}, not {hex_digest}")
+        actual = digest.compute(data)
+        if actual != digest:
+            raise ValueError(f"cache put: data hashes to {actual}, not {digest}")
         blob = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
         if len(blob) > self.max_bytes:
             return
-        final = self.object_path(hex_digest)
-        tmp = self._objects / f".{hex_digest}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        final = self.object_path(digest)
+        tmp = self._objects / f".{entry_key(digest)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
             with open(tmp, "xb") as out:
                 out.write(blob)
@@ -165,8 +168,8 @@ class ArtifactCache:
             raise
         self.evict(keep=final.name)
 
-    async def get_or_fetch(self, hex_digest: str, loader: Loader, *, origin: str = "") -> bytes:
-        """Return the tarball for ``hex_digest``, sharing downloads only as far as they succeed.
+    async def get_or_fetch(self, digest: Digest, loader: Loader, *, origin: str = "") -> bytes:
+        """Return the tarball for ``digest``, sharing downloads only as far as they succeed.
 
         A verified entry on disk is returned at once. Otherwise, concurrent
         calls with the same ``origin`` (the URL ``loader`` downloads from) in
@@ -177,18 +180,18 @@ class ArtifactCache:
         another origin's error. Across processes the first to take the
         digest's file lock downloads and the others read its result from
         disk, or download themselves after ``share_wait``. The loader must
-        return bytes whose sha256 is ``hex_digest`` (the fetcher verifies
-        before returning); they are stored, then returned. A caller's
-        cancellation does not cancel a fill other callers wait for.
+        return bytes that hash to ``digest`` in its algorithm (the fetcher
+        verifies before returning); they are stored, then returned. A
+        caller's cancellation does not cancel a fill other callers wait for.
+        Digests of different algorithms are different keys, even of the same
+        bytes.
 
         Raises:
-            ValueError: ``hex_digest`` is malformed, or the loader's bytes do
-                not hash to it.
+            ValueError: the loader's bytes do not hash to ``digest``.
             Exception: whatever this call's own ``loader`` raises (shared only
                 with callers of the same origin).
         """
-        _check_hex(hex_digest)
-        fills = self._inflight.get(hex_digest, {})
+        fills = self._inflight.get(digest, {})
         own = fills.get(origin)
         if own is not None:
             self.coalesced += 1
@@ -201,22 +204,22 @@ class ArtifactCache:
             self.unshared += 1
             # Another origin's fill in this process may still hold the file
             # lock: this fill does not wait for it again.
-            return await self._start_fill(hex_digest, origin, loader, lock_wait=0.0)
-        return await self._start_fill(hex_digest, origin, loader, lock_wait=self.share_wait)
+            return await self._start_fill(digest, origin, loader, lock_wait=0.0)
+        return await self._start_fill(digest, origin, loader, lock_wait=self.share_wait)
 
     async def _start_fill(
-        self, hex_digest: str, origin: str, loader: Loader, *, lock_wait: float
+        self, digest: Digest, origin: str, loader: Loader, *, lock_wait: float
     ) -> bytes:
-        fills = self._inflight.setdefault(hex_digest, {})
-        task = asyncio.get_running_loop().create_task(self._fill(hex_digest, loader, lock_wait))
+        fills = self._inflight.setdefault(digest, {})
+        task = asyncio.get_running_loop().create_task(self._fill(digest, loader, lock_wait))
         fills[origin] = task
 
         def done(finished: asyncio.Task[bytes]) -> None:
-            current = self._inflight.get(hex_digest)
+            current = self._inflight.get(digest)
             if current is not None and current.get(origin) is finished:
                 del current[origin]
                 if not current:
-                    del self._inflight[hex_digest]
+                    del self._inflight[digest]
             if not finished.cancelled():
                 finished.exception()  # retrieved here so an unawaited failure is not logged
 
@@ -243,14 +246,14 @@ class ArtifactCache:
                     return task.result()
         return None
 
-    async def _fill(self, hex_digest: str, loader: Loader, lock_wait: float) -> bytes:
-        data = await asyncio.to_thread(self._read, hex_digest)
+    async def _fill(self, digest: Digest, loader: Loader, lock_wait: float) -> bytes:
+        data = await asyncio.to_thread(self._read, digest)
         if data is not None:
             self.hits += 1
             return data
-        async with self._file_lock(hex_digest, lock_wait) as locked:
+        async with self._file_lock(digest, lock_wait) as locked:
             if locked:
-                data = await asyncio.to_thread(self._read, hex_digest)
+                data = await asyncio.to_thread(self._read, digest)
                 if data is not None:
                     self.hits += 1
                     return data
@@ -258,21 +261,21 @@ class ArtifactCache:
             data = await loader()
             self.downloads += 1
             try:
-                await asyncio.to_thread(self.put, hex_digest, data)
+                await asyncio.to_thread(self.put, digest, data)
             except OSError as err:
                 # A full or read-only cache must not fail a good download.
                 self.write_errors += 1
-                _log.warning("artifact cache: cannot store %s: %s", hex_digest, err)
+                _log.warning("artifact cache: cannot store %s: %s", digest, err)
             return data
 
     @contextlib.asynccontextmanager
-    async def _file_lock(self, hex_digest: str, wait: float) -> AsyncIterator[bool]:
-        """Hold an exclusive ``flock`` on ``locks/<hex>.lock``, polling for it up to ``wait`` s.
+    async def _file_lock(self, digest: Digest, wait: float) -> AsyncIterator[bool]:
+        """Hold an exclusive ``flock`` on ``locks/<key>.lock``, polling for it up to ``wait`` s.
 
         Yields whether the lock is held; ``False`` when another holder kept it
         for the whole wait (the caller then proceeds without it).
         """
-        path = self._locks / f"{hex_digest}.lock"
+        path = self._locks / f"{entry_key(digest)}.lock"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
@@ -305,8 +308,8 @@ class ArtifactCache:
                 os.close(fd)
             return
 
-    def _read(self, hex_digest: str) -> bytes | None:
-        path = self.object_path(hex_digest)
+    def _read(self, digest: Digest) -> bytes | None:
+        path = self.object_path(digest)
         try:
             blob = path.read_bytes()
         except FileNotFoundError:
@@ -322,7 +325,7 @@ class ArtifactCache:
                 data = zstandard.ZstdDecompressor().decompress(blob)
         except zstandard.ZstdError:
             data = None
-        if data is None or hashlib.sha256(data).hexdigest() != hex_digest:
+        if data is None or digest.compute(data) != digest:
             self.corrupt += 1
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -380,6 +383,12 @@ class ArtifactCache:
         """Release what the cache holds; it holds no threads or descriptors between calls."""
 
 
-def _check_hex(hex_digest: str) -> None:
-    if not is_sha256_hex(hex_digest):
-        raise ValueError(f"not a lower-case sha256 hex digest: {hex_digest!r}")
+def entry_key(digest: Digest) -> str:
+    """The name of ``digest``'s entry: its hex for sha256, else ``<algorithm>-<hex>``.
+
+    Safe as a file name: a :class:`~jaas.sources.digest.Digest` holds only a
+    known algorithm and lower-case hex.
+    """
+    if digest.algorithm == ALGORITHM:
+        return digest.hex
+    return f"{digest.algorithm}-{digest.hex}"

@@ -1,4 +1,4 @@
-"""Download a Flux source artifact over HTTP, verify its sha256 digest, extract it.
+"""Download a Flux source artifact over HTTP, verify its digest, extract it.
 
 Behaviour follows metio/jaas ``internal/sources/sources.go`` (``Fetch``,
 ``downloadToTemp``, ``verifyExpectedDigest``, ``isPermanentHTTPStatus``):
@@ -6,8 +6,12 @@ Behaviour follows metio/jaas ``internal/sources/sources.go`` (``Fetch``,
 - at most ``max_concurrent_downloads`` (4) downloads at once per fetcher;
 - environment proxies are ignored (``trust_env=False``); up to 10 redirects;
   a 300 s total timeout per attempt;
-- the body is streamed with a running sha256 and a 64 MiB cap;
-- only ``sha256:`` digests; mismatch, malformed digest, a body over the cap
+- the body is streamed with a running hash in the digest's own algorithm
+  and a 64 MiB cap;
+- every digest algorithm Flux writes is verified: ``sha256``, and with
+  source-controller's ``--artifact-digest-algo`` ``sha384``, ``sha512`` or
+  ``blake3`` (:mod:`jaas.sources.digest`; JaaS accepts only ``sha256``);
+- a mismatch, a malformed or unsupported digest, a body over the cap
   and any 4xx except 408/429 are permanent ``SourceFetchFailed``; 5xx, 408,
   429, timeouts and network errors are transient, retried ``attempts`` times
   with a short exponential backoff, then raised as transient;
@@ -43,7 +47,6 @@ not retried. Messages carry URLs without userinfo, query or fragment
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import socket
 from collections.abc import Awaitable, Mapping
 from typing import Final
@@ -58,7 +61,7 @@ from jaas.api.reasons import Reason, ReasonError
 from jaas.backoff import Backoff
 from jaas.fairqueue import FairSlots
 from jaas.sources.cache import ArtifactCache
-from jaas.sources.digest import format_digest, parse_digest
+from jaas.sources.digest import Digest, Hasher, parse_digest
 from jaas.sources.extract import ArchiveError, extract_tarball
 from jaas.sources.urlguard import ForbiddenURLError, URLGuard, redact
 
@@ -266,7 +269,7 @@ class ArtifactFetcher:
     async def fetch(
         self,
         url: str,
-        digest: str | None,
+        digest: Digest | str | None,
         *,
         headers: Mapping[str, str] | None = None,
         flow: str = "",
@@ -275,8 +278,10 @@ class ArtifactFetcher:
 
         Args:
             url: ``status.artifact.url`` of the Flux source.
-            digest: ``status.artifact.digest`` (``sha256:<hex>``); None or
-                empty skips verification and caching.
+            digest: the parsed digest, or ``status.artifact.digest`` as Flux
+                writes it (``<algorithm>:<hex>``, parsed by
+                :func:`~jaas.sources.digest.parse_digest`); None or empty
+                skips verification and caching.
             headers: extra request headers, e.g. ``traceparent``.
             flow: whom the download is for (the tenant namespace): download
                 slots are shared fairly between flows.
@@ -285,9 +290,11 @@ class ArtifactFetcher:
             ForbiddenURLError: the URL, a redirect target or the address its
                 host resolves to is refused by the guard (permanent).
             ReasonError: ``SourceFetchFailed``; ``transient`` tells whether a
-                retry with backoff may help (see the module docstring).
+                retry with backoff may help (see the module docstring). A
+                malformed or unsupported digest, raised before any request,
+                and a digest mismatch are permanent.
         """
-        expected = parse_digest(digest)
+        expected = _as_digest(digest)
         target = self.check_url(url)
         if self.cache is not None and expected is not None:
 
@@ -300,7 +307,7 @@ class ArtifactFetcher:
     async def fetch_files(
         self,
         url: str,
-        digest: str | None,
+        digest: Digest | str | None,
         path: str = "",
         *,
         headers: Mapping[str, str] | None = None,
@@ -308,7 +315,7 @@ class ArtifactFetcher:
     ) -> dict[str, bytes]:
         """Fetch the artifact and extract it (in a thread) with the JaaS caps and name rules.
 
-        ``path`` is ``sourceRef.path`` (see
+        ``digest`` is as for :meth:`fetch`. ``path`` is ``sourceRef.path`` (see
         :func:`jaas.sources.extract.extract_tarball`). A corrupt archive is a
         permanent failure when the digest was verified (the same bytes would
         fail again) and transient when there was no digest to verify.
@@ -317,15 +324,16 @@ class ArtifactFetcher:
             ReasonError: ``SourceFetchFailed`` (see :meth:`fetch` and
                 :func:`~jaas.sources.extract.extract_tarball`).
         """
-        data = await self.fetch(url, digest, headers=headers, flow=flow)
+        expected = _as_digest(digest)
+        data = await self.fetch(url, expected, headers=headers, flow=flow)
         try:
             return await asyncio.to_thread(extract_tarball, data, path=path)
         except ArchiveError as err:
-            transient = err.transient or parse_digest(digest) is None
+            transient = err.transient or expected is None
             raise ArchiveError(f"{err.message} (from {redact(url)})", transient=transient) from err
 
     async def _download(
-        self, target: URL, expected: str | None, headers: Mapping[str, str] | None, flow: str
+        self, target: URL, expected: Digest | None, headers: Mapping[str, str] | None, flow: str
     ) -> bytes:
         retries = self._backoff.retries()
         for attempt in range(1, self.attempts + 1):
@@ -339,9 +347,12 @@ class ArtifactFetcher:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _get(
-        self, target: URL, expected: str | None, headers: Mapping[str, str] | None
+        self, target: URL, expected: Digest | None, headers: Mapping[str, str] | None
     ) -> bytes:
         """One attempt: GET following redirects, stream, cap, hash, verify.
+
+        The body is hashed with ``expected``'s algorithm (not at all without
+        one) and compared with it.
 
         Each redirect target passes :meth:`check_url` before it is requested;
         the resolver refuses forbidden addresses at connect time.
@@ -373,7 +384,7 @@ class ArtifactFetcher:
                             f"download {shown}: HTTP {response.status}",
                             transient=not is_permanent_http_status(response.status),
                         )
-                    data, actual = await self._read_body(target, response)
+                    data, actual = await self._read_body(target, response, expected)
                     break
             else:
                 raise ReasonError(
@@ -414,14 +425,20 @@ class ArtifactFetcher:
         if expected is not None and actual != expected:
             raise ReasonError(
                 Reason.SOURCE_FETCH_FAILED,
-                f"digest mismatch: expected {format_digest(expected)}, "
-                f"got {format_digest(actual)} (from {shown})",
+                f"digest mismatch: expected {expected}, got {actual} (from {shown})",
             )
         self.downloads += 1
         return data
 
-    async def _read_body(self, target: URL, response: aiohttp.ClientResponse) -> tuple[bytes, str]:
-        """The body, streamed under the byte cap with a running sha256; returns (body, hex)."""
+    async def _read_body(
+        self, target: URL, response: aiohttp.ClientResponse, expected: Digest | None
+    ) -> tuple[bytes, Digest | None]:
+        """The body, streamed under the byte cap and hashed chunk by chunk.
+
+        Returns:
+            ``(body, digest)``: the digest of the body in ``expected``'s
+            algorithm, or None when there is no ``expected`` (nothing hashed).
+        """
         limit = self.max_download_bytes
         too_large = ReasonError(
             Reason.SOURCE_FETCH_FAILED,
@@ -429,7 +446,7 @@ class ArtifactFetcher:
         )
         if response.content_length is not None and response.content_length > limit:
             raise too_large
-        hasher = hashlib.sha256()
+        hasher: Hasher | None = expected.hasher() if expected is not None else None
         chunks: list[bytes] = []
         received = 0
         loop = asyncio.get_running_loop()
@@ -438,7 +455,8 @@ class ArtifactFetcher:
             received += len(chunk)
             if received > limit:
                 raise too_large
-            hasher.update(chunk)
+            if hasher is not None:
+                hasher.update(chunk)
             chunks.append(chunk)
             elapsed = loop.time() - started
             slow = received < self.min_rate * elapsed
@@ -449,7 +467,10 @@ class ArtifactFetcher:
                     f"minimum rate of {self.min_rate:g} bytes/s (--download-min-rate)",
                     transient=True,
                 )
-        return b"".join(chunks), hasher.hexdigest()
+        body = b"".join(chunks)
+        if expected is None or hasher is None:
+            return body, None
+        return body, Digest(expected.algorithm, hasher.hexdigest())
 
     async def _response_headers(
         self, request: Awaitable[aiohttp.ClientResponse], shown: str
@@ -476,6 +497,16 @@ class ArtifactFetcher:
                 "(--download-first-byte-timeout)",
                 transient=True,
             ) from err
+
+
+def _as_digest(digest: Digest | str | None) -> Digest | None:
+    """``digest`` parsed (see :func:`~jaas.sources.digest.parse_digest`) unless it already is.
+
+    Raises:
+        ReasonError: permanent ``SourceFetchFailed`` for a malformed or
+            unsupported digest text.
+    """
+    return digest if isinstance(digest, Digest) else parse_digest(digest)
 
 
 def _resolve_redirect(current: URL, location: str) -> URL:

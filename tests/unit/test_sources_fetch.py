@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -21,6 +22,7 @@ from yarl import URL
 
 from jaas.api.reasons import Reason, ReasonError
 from jaas.sources.cache import ArtifactCache
+from jaas.sources.digest import ALGORITHMS, parse_digest
 from jaas.sources.extract import ArchiveError
 from jaas.sources.fetch import (
     ArtifactFetcher,
@@ -244,14 +246,128 @@ async def test_digest_mismatch_is_permanent_and_not_retried(
     assert len(server.hits) == 1
 
 
-@pytest.mark.parametrize("digest", ["md5:abc", "sha256:xyz", "sha256", f"sha512:{'a' * 128}"])
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "md5:abc",
+        "sha256:xyz",
+        "sha256",
+        f"sha512:{'a' * 64}",
+        f"sha384:{'a' * 128}",
+        f"blake3:{'a' * 128}",
+        f"md5:{'a' * 32}",
+        f"sha1:{'a' * 40}",
+    ],
+)
 async def test_malformed_digest_fails_before_any_request(
     server: ArtifactServer, fetcher: ArtifactFetcher, digest: str
 ) -> None:
     with pytest.raises(ReasonError) as info:
         await fetcher.fetch(f"{server.base}/a/artifact.tar.gz", digest)
+    assert info.value.reason is Reason.SOURCE_FETCH_FAILED
     assert not info.value.transient
+    if digest.startswith(("md5:", "sha1:")):
+        assert "(supported: sha256, sha384, sha512, blake3)" in info.value.message
     assert server.hits == []
+
+
+def digest_of(algorithm: str, data: bytes) -> str:
+    """``<algorithm>:<hex>`` of ``data``, as Flux writes it, computed without jaas."""
+    if algorithm == "blake3":
+        return f"blake3:{blake3.blake3(data).hexdigest()}"
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def flipped(data: bytes) -> bytes:
+    """``data`` with one byte in the middle flipped."""
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_every_flux_digest_algorithm_is_verified(
+    server: ArtifactServer, fetcher: ArtifactFetcher, algorithm: str
+) -> None:
+    url = f"{server.base}/a/artifact.tar.gz"
+    digest = digest_of(algorithm, TARBALL)
+    assert await fetcher.fetch(url, digest) == TARBALL
+    assert await fetcher.fetch(url, f" {digest.upper()}\n") == TARBALL
+    parsed = parse_digest(digest)
+    assert parsed is not None
+    assert await fetcher.fetch(url, parsed) == TARBALL  # an already parsed Digest
+    assert await fetcher.fetch_files(url, digest, "sub") == {"lib.libsonnet": b"{b: 2}"}
+    assert fetcher.downloads == 4
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_one_flipped_byte_fails_in_the_digests_algorithm(
+    server: ArtifactServer, fetcher: ArtifactFetcher, algorithm: str
+) -> None:
+    server.files["tampered.tar.gz"] = flipped(TARBALL)
+    url = f"{server.base}/a/tampered.tar.gz"
+    expected = digest_of(algorithm, TARBALL)
+    with pytest.raises(ReasonError) as info:
+        await fetcher.fetch(url, expected)
+    assert info.value.reason is Reason.SOURCE_FETCH_FAILED
+    assert not info.value.transient
+    got = digest_of(algorithm, flipped(TARBALL))
+    assert info.value.message == f"digest mismatch: expected {expected}, got {got} (from {url})"
+    assert len(server.hits) == 1  # permanent: not retried
+    assert fetcher.downloads == 0
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_every_algorithm_hashes_a_body_of_many_chunks(
+    server: ArtifactServer, fetcher: ArtifactFetcher, algorithm: str
+) -> None:
+    size = (1 << 20) + 12345  # several reads of the 256 KiB chunk, a ragged last one
+    body = b"x" * size
+    url = f"{server.base}/chunked/{size}"
+    assert await fetcher.fetch(url, digest_of(algorithm, body)) == body
+    with pytest.raises(ReasonError, match=f"digest mismatch: expected {algorithm}:"):
+        await fetcher.fetch(url, digest_of(algorithm, body + b"x"))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_every_algorithm_goes_through_the_cache(
+    server: ArtifactServer, tmp_path: Path, algorithm: str
+) -> None:
+    cache = ArtifactCache(tmp_path / "cache")
+    fetcher = ArtifactFetcher(cache, guard=LOOPBACK)
+    url = f"{server.base}/a/artifact.tar.gz"
+    digest = digest_of(algorithm, TARBALL)
+    try:
+        results = await asyncio.gather(*(fetcher.fetch(url, digest) for _ in range(5)))
+        assert results == [TARBALL] * 5
+        assert await fetcher.fetch(url, digest.upper()) == TARBALL
+    finally:
+        await fetcher.close()
+        cache.close()
+    assert len(server.hits) == 1
+    assert (cache.downloads, cache.coalesced, cache.hits) == (1, 4, 1)
+
+
+async def test_sha512_and_sha256_digests_of_one_artifact_are_cached_apart(
+    server: ArtifactServer, tmp_path: Path
+) -> None:
+    cache = ArtifactCache(tmp_path / "cache")
+    fetcher = ArtifactFetcher(cache, guard=LOOPBACK)
+    url = f"{server.base}/a/artifact.tar.gz"
+    by_sha256, by_sha512 = DIGEST, digest_of("sha512", TARBALL)
+    try:
+        assert await fetcher.fetch(url, by_sha256) == TARBALL
+        assert await fetcher.fetch(url, by_sha512) == TARBALL  # another key: downloaded
+        assert await fetcher.fetch(url, by_sha256) == TARBALL
+        assert await fetcher.fetch(url, by_sha512) == TARBALL
+    finally:
+        await fetcher.close()
+        cache.close()
+    assert len(server.hits) == 2
+    assert (cache.downloads, cache.hits) == (2, 2)
+    names = sorted(path.name for path in (tmp_path / "cache" / "objects").iterdir())
+    assert names == sorted(
+        [f"{DIGEST.removeprefix('sha256:')}.zst", f"{by_sha512.replace(':', '-')}.zst"]
+    )
 
 
 @pytest.mark.parametrize("digest", [None, "", "  "])
