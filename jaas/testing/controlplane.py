@@ -33,9 +33,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,12 +44,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from jaas.observability.memory import resident_bytes
 from jaas.testing.certs import CertificateAuthority, SigningKey
+from jaas.testing.processes import (
+    ChildProcess,
+    ChildProcessError,
+    free_port,
+    log_tail,
+)
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient
@@ -60,25 +64,17 @@ if TYPE_CHECKING:
 DEFAULT_START_TIMEOUT = 120.0
 #: Seconds to wait for one CRD to become Established and discoverable.
 DEFAULT_CRD_TIMEOUT = 60.0
-#: Seconds between SIGTERM and SIGKILL when stopping a process.
-STOP_GRACE = 20.0
 #: Whole-start attempts when a port turns out to be taken (envtest retries 5 times too).
 START_ATTEMPTS = 5
 #: ServiceAccount/Service ClusterIP range given to kube-apiserver (envtest's default).
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
-#: Log lines included in a start-failure message.
-LOG_TAIL_LINES = 40
 
 _POLL = 0.1
 _CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
-class ControlPlaneError(RuntimeError):
+class ControlPlaneError(ChildProcessError):
     """The control plane could not be found, started or configured."""
-
-
-class _PortInUseError(ControlPlaneError):
-    """A process could not bind a port picked as free (a race with another process)."""
 
 
 # --------------------------------------------------------------------------- binaries
@@ -157,27 +153,6 @@ def default_crd_dirs() -> list[Path]:
 # --------------------------------------------------------------------------- helpers
 
 
-_handed_out: set[int] = set()
-_handed_out_lock = threading.Lock()
-
-
-def free_port() -> int:
-    """Return a loopback TCP port that was free a moment ago.
-
-    Binds port 0 on 127.0.0.1 and closes the socket, as envtest does; a port is
-    never handed out twice by one process. Another process can still take it
-    before it is used, which :meth:`ControlPlane.start` handles by retrying.
-    """
-    with _handed_out_lock:
-        while True:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind(("127.0.0.1", 0))
-                port: int = sock.getsockname()[1]
-            if port not in _handed_out:
-                _handed_out.add(port)
-                return port
-
-
 #: Route flags (linux/route.h): the route is up; the route rejects (unreachable).
 RTF_UP = 0x0001
 RTF_REJECT = 0x0200
@@ -225,15 +200,6 @@ def has_default_route() -> bool:
     return default_route_in(*texts)
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """Return the last ``lines`` lines of a log file ("" if it does not exist)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def rss_bytes(pid: int) -> int:
     """Return the resident set size of process ``pid`` in bytes (0 if it is gone)."""
     return resident_bytes(pid)
@@ -265,63 +231,6 @@ def _write_private(path: Path, text: str) -> Path:
     path.touch(mode=0o600)
     path.write_text(text)
     return path
-
-
-class _Process:
-    """A child process in its own session, logging to a file."""
-
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, attempt: int) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log: IO[bytes] = log_path.open("ab")
-        try:
-            log.write(f"=== attempt {attempt}: {' '.join(argv)}\n".encode())
-            log.flush()
-            self.popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def exited(self) -> int | None:
-        return self.popen.poll()
-
-    def check_running(self) -> None:
-        """Raise if the process has exited (a port race raises :class:`_PortInUseError`)."""
-        code = self.popen.poll()
-        if code is None:
-            return
-        tail = log_tail(self.log_path)
-        message = f"{self.name} exited with status {code}; last lines of {self.log_path}:\n{tail}"
-        if "address already in use" in tail:
-            raise _PortInUseError(message)
-        raise ControlPlaneError(message)
-
-    def stop(self, grace: float = STOP_GRACE) -> None:
-        """SIGTERM the process group, wait up to ``grace`` seconds, then SIGKILL it."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-        else:
-            # The leader is gone; make sure nothing it spawned lingers.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- control plane
@@ -409,8 +318,8 @@ class ControlPlane:
     timings: StartupTimings
     _serving_ca: CertificateAuthority = field(repr=False)
     _client_ca: CertificateAuthority = field(repr=False)
-    _etcd: _Process = field(repr=False)
-    _apiserver: _Process = field(repr=False)
+    _etcd: ChildProcess = field(repr=False)
+    _apiserver: ChildProcess = field(repr=False)
     _etcd_data: Path = field(repr=False)
     _ssl: ssl.SSLContext = field(repr=False)
     _stopped: bool = field(default=False, repr=False)
@@ -477,18 +386,18 @@ class ControlPlane:
         context.load_cert_chain(str(admin_cert), str(admin_key))
 
         timings = StartupTimings()
-        last_error: ControlPlaneError | None = None
+        last_error: ChildProcessError | None = None
         for attempt in range(1, START_ATTEMPTS + 1):
             timings.attempts = attempt
             etcd_data = Path(tempfile.mkdtemp(prefix="etcd-data-", dir=workdir))
             etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
             etcd_url = f"http://127.0.0.1:{etcd_port}"
             server = f"https://127.0.0.1:{api_port}"
-            etcd: _Process | None = None
-            apiserver: _Process | None = None
+            etcd: ChildProcess | None = None
+            apiserver: ChildProcess | None = None
             try:
                 t0 = time.monotonic()
-                etcd = _Process(
+                etcd = ChildProcess(
                     "etcd",
                     [
                         str(bins.etcd),
@@ -504,6 +413,7 @@ class ControlPlane:
                     ],
                     log_dir / "etcd.log",
                     attempt,
+                    error=ControlPlaneError,
                 )
                 _wait_etcd(etcd, etcd_url, timeout)
                 timings.etcd = time.monotonic() - t0
@@ -530,8 +440,12 @@ class ControlPlane:
                 ]
                 if not has_default_route():
                     argv.append("--advertise-address=127.0.0.1")
-                apiserver = _Process(
-                    "kube-apiserver", argv, log_dir / "kube-apiserver.log", attempt
+                apiserver = ChildProcess(
+                    "kube-apiserver",
+                    argv,
+                    log_dir / "kube-apiserver.log",
+                    attempt,
+                    error=ControlPlaneError,
                 )
                 _wait_apiserver(apiserver, api_port, context, timeout)
                 timings.apiserver = time.monotonic() - t1
@@ -540,7 +454,7 @@ class ControlPlane:
                     if proc is not None:
                         proc.stop()
                 shutil.rmtree(etcd_data, ignore_errors=True)
-                if isinstance(exc, _PortInUseError):
+                if isinstance(exc, ChildProcessError) and exc.port_in_use:
                     last_error = exc
                     continue
                 raise
@@ -609,14 +523,12 @@ class ControlPlane:
         """
         old = self._apiserver
         if kill:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(old.pid, signal.SIGKILL)
-            old.popen.wait()
+            old.kill()
         else:
             old.stop()
         self.restarts += 1
         port = int(self.server.rsplit(":", 1)[1])
-        self._apiserver = _Process(old.name, old.argv, old.log_path, self.restarts + 1)
+        self._apiserver = old.restart(self.restarts + 1)
         _wait_apiserver(self._apiserver, port, self._ssl, timeout)
 
     def stop(self) -> None:
@@ -830,7 +742,7 @@ class ControlPlane:
 # --------------------------------------------------------------------------- readiness
 
 
-def _wait_etcd(proc: _Process, url: str, timeout: float) -> None:
+def _wait_etcd(proc: ChildProcess, url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         proc.check_running()
@@ -859,7 +771,7 @@ def _get_status(port: int, path: str, context: ssl.SSLContext) -> int:
         conn.close()
 
 
-def _wait_apiserver(proc: _Process, port: int, context: ssl.SSLContext, timeout: float) -> None:
+def _wait_apiserver(proc: ChildProcess, port: int, context: ssl.SSLContext, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     stage = "/readyz"
     paths = ["/readyz", "/api/v1/namespaces/default", "/api/v1/namespaces/kube-system"]

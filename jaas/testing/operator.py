@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jaas.child import python_module_argv
-from jaas.testing.controlplane import free_port, log_tail
+from jaas.testing.processes import free_port, log_tail
 
 
 class OperatorError(RuntimeError):

@@ -14,7 +14,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from jaas.api import constants
-from jaas.testing import controlplane
+from jaas.testing import controlplane, processes
 from jaas.testing.controlplane import ControlPlane, ControlPlaneError, locate_binaries
 
 FLUX_KINDS = ["GitRepository", "OCIRepository", "Bucket", "ExternalArtifact"]
@@ -239,7 +239,7 @@ def test_separate_control_plane_retries_a_taken_port_serves_and_stops_cleanly(
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     ports = iter([taken.getsockname()[1]])
-    real_free_port = controlplane.free_port
+    real_free_port = processes.free_port
     monkeypatch.setattr(controlplane, "free_port", lambda: next(ports, None) or real_free_port())
     with taken, ControlPlane.start(tmp_path / "cp") as plane:
         assert plane.timings.attempts == 2
