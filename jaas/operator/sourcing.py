@@ -7,8 +7,9 @@ cross-namespace references are refused before any API call
 (a refusal is ``RBACDenied``, a missing object a transient
 ``SourceFetchFailed``); it must have ``Ready=True`` and a
 ``status.artifact.url`` (else a transient ``SourceNotReady``); the artifact is
-downloaded, its sha256 digest checked and the tarball extracted with the
-fetcher's caps (``SourceFetchFailed``); an empty result is ``InvalidSpec``.
+downloaded, its digest (sha256, sha384, sha512 or blake3) checked and the
+tarball extracted with the fetcher's caps (``SourceFetchFailed``); an empty
+result is ``InvalidSpec``.
 
 When the reference reaches into another namespace (cross-namespace
 references on), every failure keeps its reason but gets one constant message

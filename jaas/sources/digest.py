@@ -123,6 +123,11 @@ def format_digest(hex_digest: str) -> str:
     return f"{ALGORITHM}:{hex_digest}"
 
 
+def sha256_digest(data: bytes) -> str:
+    """Return ``sha256:<hex>`` of ``data``: an artifact's digest or a revision jaas-py computes."""
+    return format_digest(hashlib.sha256(data).hexdigest())
+
+
 def parse_digest(digest: str | None) -> Digest | None:
     """Parse a Flux ``status.artifact.digest`` (``<algorithm>:<hex>``), or None when it is empty.
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
 import secrets
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from jaas.sources.digest import format_digest
+from jaas.sources.digest import sha256_digest
 from jaas.storage.package import Package
 
 #: File name of a stored artifact: ``sha256-<revision hex>.tar.gz``.
@@ -319,11 +318,6 @@ def _is_revert(directory: Path, file_name: str) -> bool:
             )
     except FileNotFoundError:
         return False
-
-
-def sha256_digest(data: bytes) -> str:
-    """``sha256:<hex>`` of ``data``."""
-    return format_digest(hashlib.sha256(data).hexdigest())
 
 
 def _read(path: Path) -> bytes | None:

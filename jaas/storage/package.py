@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from jaas.api.reasons import Reason, ReasonError
-from jaas.sources.digest import format_digest
+from jaas.sources.digest import format_digest, sha256_digest
 from jaas.sources.extract import MAX_ENTRY_BYTES, MAX_EXTRACTED_BYTES, safe_entry_name
 from jaas.storage.objects import RenderedObjects, consumer_files
 
@@ -101,8 +101,7 @@ def package_rendered(rendered: bytes, *, max_artifact_bytes: int | None = None) 
     entries = {RENDERED_FILE_NAME: rendered, **extra}
     _check_caps(entries, None)
     data = build_tarball(entries)
-    revision = format_digest(hashlib.sha256(rendered).hexdigest())
-    return Package(data, revision, format_digest(hashlib.sha256(data).hexdigest()), objects)
+    return Package(data, sha256_digest(rendered), sha256_digest(data), objects)
 
 
 def package_sources(
@@ -126,7 +125,7 @@ def package_sources(
             )
     _check_caps(files, max_artifact_bytes)
     data = build_tarball(files)
-    return Package(data, source_revision(files), format_digest(hashlib.sha256(data).hexdigest()))
+    return Package(data, source_revision(files), sha256_digest(data))
 
 
 def _check_caps(files: Mapping[str, bytes], max_artifact_bytes: int | None) -> None:

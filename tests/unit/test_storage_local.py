@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from jaas.storage.local import LocalStore, sha256_digest
+from jaas.sources.digest import sha256_digest
+from jaas.storage.local import LocalStore
 from jaas.storage.package import Package, package_rendered
 
 
