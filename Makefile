@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CACHE := $(HOME)/.cache/jaas-py
 ONCE ?=
 
-.PHONY: all venv controlplane controlplane-mod test lint typecheck unit e2e demo clean
+.PHONY: all venv controlplane flux controlplane-mod test lint typecheck unit e2e demo clean
 
 all: test
 
@@ -25,6 +25,11 @@ venv: $(VENV)/.installed
 controlplane:
 	@tools/controlplane/build.sh >/dev/null
 
+# Builds (or reuses from ~/.cache/jaas-py) Flux's source-controller and
+# kustomize-controller and an OCI registry from their Go modules. See tools/flux/.
+flux:
+	@tools/flux/build.sh >/dev/null
+
 # Regenerates tools/controlplane/go.mod and go.sum after a version bump.
 controlplane-mod:
 	tools/controlplane/generate-gomod.sh
@@ -39,11 +44,11 @@ typecheck: venv
 unit: venv
 	$(VENV)/bin/pytest tests/unit
 
-e2e: venv controlplane
+e2e: venv controlplane flux
 	tools/netns/run $(VENV)/bin/pytest tests/e2e
 
 # The whole suite: lint, types, unit and end-to-end tests on a real control plane.
-test: venv controlplane
+test: venv controlplane flux
 	$(VENV)/bin/ruff check jaas tests loadtests
 	$(VENV)/bin/ruff format --check jaas tests loadtests
 	$(VENV)/bin/mypy jaas tests loadtests
@@ -51,7 +56,7 @@ test: venv controlplane
 
 # Starts a control plane and `jaas operator --shards 2`, applies examples/ and
 # shows the result. ONCE=1 stops after printing and fails unless all are Ready.
-demo: venv controlplane
+demo: venv controlplane flux
 	$(PY) -m jaas.demo $(if $(ONCE),--once,)
 
 clean:

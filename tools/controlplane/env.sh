@@ -4,6 +4,8 @@
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 . "$here/versions.env"
+# shellcheck source=../flux/versions.env
+. "$here/../flux/versions.env"
 JAAS_CACHE="${JAAS_CACHE:-$HOME/.cache/jaas-py}"
 export GOMODCACHE="$JAAS_CACHE/go/mod"
 export GOCACHE="$JAAS_CACHE/go/build"

@@ -12,10 +12,8 @@
 # replace dropped and the released api module of the same version required.
 set -euo pipefail
 fluxdir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../controlplane/env.sh
+# shellcheck source=../controlplane/env.sh (it reads versions.env beside this script)
 . "$fluxdir/../controlplane/env.sh"
-# shellcheck source=versions.env
-. "$fluxdir/versions.env"
 require_go
 gover=$(go env GOVERSION)
 bindir="$JAAS_CACHE/bin/flux-sc-$FLUX_SOURCE_CONTROLLER_VERSION-kc-$FLUX_KUSTOMIZE_CONTROLLER_VERSION-ggcr-$GGCR_VERSION-$gover"
