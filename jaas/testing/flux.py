@@ -26,7 +26,6 @@ import datetime
 import gzip
 import hashlib
 import io
-import json
 import os
 import socket
 import subprocess
@@ -50,6 +49,8 @@ from jaas.api.constants import (
     READY,
     SOURCE_KIND_PLURALS,
 )
+from jaas.sources.digest import sha256_digest
+from jaas.testing.registry import build_flux_artifact
 
 #: ``spec.interval`` written on the sources this module creates.
 SOURCE_INTERVAL = "1m"
@@ -57,10 +58,6 @@ SOURCE_INTERVAL = "1m"
 GIT_IDENTITY = ("jaas-py tests", "tests@jaas-py.invalid")
 #: Author and committer date of every such commit (fixed, so shas are reproducible).
 GIT_DATE = "2026-01-01T00:00:00Z"
-#: Media types ``flux push artifact`` uses (``fluxcd/pkg`` ``oci/meta.go``).
-FLUX_CONFIG_MEDIA_TYPE = "application/vnd.cncf.flux.config.v1+json"
-FLUX_CONTENT_MEDIA_TYPE = "application/vnd.cncf.flux.content.v1.tar+gzip"
-OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 #: Reason source-controller writes on ``Ready=True``.
 SUCCEEDED = "Succeeded"
 
@@ -71,7 +68,7 @@ class PublishedArtifact:
 
     Attributes:
         url: download URL, ``http://127.0.0.1:<port>/<path>``.
-        digest: ``status.artifact.digest`` as written (``sha256:<hex>``; may be a
+        digest: ``status.artifact.digest`` as written (``<algorithm>:<hex>``; may be a
             deliberately wrong value when the caller overrode it).
         revision: ``status.artifact.revision``.
         size: tarball size in bytes.
@@ -83,11 +80,6 @@ class PublishedArtifact:
     revision: str
     size: int
     path: str
-
-
-def sha256_digest(data: bytes) -> str:
-    """Return ``sha256:<hex>`` of ``data`` (Flux's digest format)."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def make_tarball(files: Mapping[str, str | bytes]) -> bytes:
@@ -422,10 +414,10 @@ class FluxPublisher:
     ) -> PublishedArtifact:
         """Publish ``files`` as an OCIRepository artifact, packed like ``flux push artifact``.
 
-        The files become one gzipped tar layer (:func:`make_tarball`, media type
-        :data:`FLUX_CONTENT_MEDIA_TYPE`) of an OCI image manifest whose config is
-        ``{}`` (:data:`FLUX_CONFIG_MEDIA_TYPE`). The served artifact is that
-        layer. The revision is ``<tag>@sha256:<hex>`` of the **manifest**, as
+        The files become one gzipped tar layer (:func:`make_tarball`) of the
+        image :func:`jaas.testing.registry.build_flux_artifact` makes, with the
+        tag as its revision annotation. The served artifact is that layer. The
+        revision is ``<tag>@sha256:<hex>`` of the **manifest**, as
         source-controller reports it (the manifest digest, not the layer
         digest); the file is stored as ``<manifest hex>.tar.gz``, and
         ``status.artifact.metadata`` carries the manifest's annotations.
@@ -433,30 +425,8 @@ class FluxPublisher:
         Raises:
             kubernetes_asyncio.client.exceptions.ApiException: the API refused.
         """
-        layer = make_tarball(files)
-        config = b"{}"
-        annotations = {
-            "org.opencontainers.image.created": "1970-01-01T00:00:00Z",
-            "org.opencontainers.image.source": f"oci://registry.invalid/{namespace}/{name}",
-        }
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST_MEDIA_TYPE,
-            "config": {
-                "mediaType": FLUX_CONFIG_MEDIA_TYPE,
-                "digest": sha256_digest(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": FLUX_CONTENT_MEDIA_TYPE,
-                    "digest": sha256_digest(layer),
-                    "size": len(layer),
-                }
-            ],
-            "annotations": annotations,
-        }
-        manifest_digest = sha256_digest(json.dumps(manifest, separators=(",", ":")).encode())
+        source = f"oci://registry.invalid/{namespace}/{name}"
+        image = build_flux_artifact(make_tarball(files), source=source, revision=tag)
         spec = _default_spec("OCIRepository", namespace, name)
         spec["ref"] = {"tag": tag}
         return await self.publish_tarball(
@@ -464,11 +434,11 @@ class FluxPublisher:
             "OCIRepository",
             namespace,
             name,
-            layer,
-            f"{tag}@{manifest_digest}",
+            image.layer,
+            f"{tag}@{image.digest}",
             spec=spec,
-            filename=f"{manifest_digest.removeprefix('sha256:')}.tar.gz",
-            metadata=annotations,
+            filename=f"{image.digest.removeprefix('sha256:')}.tar.gz",
+            metadata=image.annotations,
         )
 
     async def publish_bucket(

@@ -19,7 +19,10 @@ from kubernetes_asyncio import client
 from jaas.operator.kube import KubeClient
 from jaas.testing.controlplane import ControlPlane, default_crd_dirs
 from jaas.testing.flux import FluxPublisher
+from jaas.testing.fluxcontrollers import FluxControllers
+from jaas.testing.gitserver import GitHttpServer
 from jaas.testing.operator import OperatorProcess
+from jaas.testing.registry import OciRegistry
 from tests.e2e.helpers import TENANT_SA, HostileServer, create_namespace
 
 _HERE = Path(__file__).resolve().parent
@@ -160,3 +163,29 @@ async def hostile() -> AsyncIterator[HostileServer]:
     await server.start()
     yield server
     await server.close()
+
+
+@pytest.fixture(scope="session")
+def flux_controllers(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FluxControllers]:
+    """Real source-controller and kustomize-controller (built by ``make flux``) on the plane."""
+    with FluxControllers.start(control_plane, tmp_path_factory.mktemp("flux")) as controllers:
+        yield controllers
+
+
+@pytest.fixture(scope="session")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitHttpServer]:
+    """Git repositories over smart HTTP on 127.0.0.1 (``git http-backend``)."""
+    with GitHttpServer(tmp_path_factory.mktemp("git")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def oci_registry(
+    flux_controllers: FluxControllers, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OciRegistry]:
+    """go-containerregistry's registry on a free loopback port (plain HTTP, in memory)."""
+    log = tmp_path_factory.mktemp("registry") / "registry.log"
+    with OciRegistry(flux_controllers.binaries.registry, log) as registry:
+        yield registry

@@ -15,13 +15,14 @@ import aiohttp
 from aiohttp import web
 
 from jaas.api.conditions import find_condition
-from jaas.api.constants import GROUP, SNIPPET_PLURAL, VERSION
-from jaas.operator.kube import KubeClient, resource_path
+from jaas.api.constants import GROUP, VERSION
+from jaas.operator.kube import KubeClient
 from jaas.operator.publisher import external_artifact_path
+from jaas.testing.gitops import snippet_path
 from jaas.testing.tenants import TENANT_ROLE, TENANT_SA, grant_tenant
 
 Obj = dict[str, Any]
-__all__ = ["TENANT_ROLE", "TENANT_SA", "grant_tenant"]
+__all__ = ["TENANT_ROLE", "TENANT_SA", "grant_tenant", "snippet_path"]
 
 
 async def create_namespace(client: KubeClient, name: str, *, tenant: bool = True) -> str:
@@ -30,10 +31,6 @@ async def create_namespace(client: KubeClient, name: str, *, tenant: bool = True
     if tenant:
         await grant_tenant(client, name)
     return name
-
-
-def snippet_path(namespace: str, name: str | None = None) -> str:
-    return resource_path(GROUP, VERSION, SNIPPET_PLURAL, namespace, name)
 
 
 def snippet(name: str, **spec: Any) -> Obj:
