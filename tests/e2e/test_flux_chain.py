@@ -89,7 +89,8 @@ SETTINGS_V2 = """\
   },
 }
 """
-BROKEN_APP = APP.replace("settings.replicas", "settings.missing")
+#: A typo in a variable name: an error that names main.jsonnet, its line and column.
+BROKEN_APP = APP.replace("replicas: settings.replicas", "replicas: setings.replicas")
 
 
 def configmap_path(namespace: str, name: str) -> str:
@@ -120,12 +121,44 @@ def kustomization_ready(revision_prefix: str = "") -> Any:
     return check
 
 
-async def chain(client: KubeClient, namespace: str, name: str, source_ref: Obj) -> None:
-    """Create a snippet reading ``source_ref`` and a Kustomization of its ExternalArtifact."""
-    await create_snippet(client, namespace, name, sourceRef=source_ref)
+async def kustomize(client: KubeClient, namespace: str, name: str) -> None:
+    """Create a Kustomization of the ExternalArtifact ``name``, applying into ``namespace``."""
     await create_in(
         client, kustomization_path(namespace), kustomization(name, name, target_namespace=namespace)
     )
+
+
+async def chain(client: KubeClient, namespace: str, name: str, source_ref: Obj) -> None:
+    """Create a snippet reading ``source_ref`` and a Kustomization of its ExternalArtifact."""
+    await create_snippet(client, namespace, name, sourceRef=source_ref)
+    await kustomize(client, namespace, name)
+
+
+async def wait_applied(
+    client: KubeClient, namespace: str, name: str, revision: str = "sha256:"
+) -> Obj:
+    """Wait until Kustomization ``name`` is Ready with a revision starting with ``revision``."""
+    obj = await poll(
+        client,
+        kustomization_path(namespace, name),
+        kustomization_ready(revision),
+        timeout=STEP,
+        what=f"Ready Kustomization at {revision}",
+    )
+    assert obj is not None
+    return obj
+
+
+async def configmap_holds(client: KubeClient, namespace: str, name: str, **data: str) -> None:
+    """Wait until ConfigMap ``name`` exists with exactly ``data``."""
+    await poll(
+        client, configmap_path(namespace, name), has_data(**data), timeout=STEP, what=str(data)
+    )
+
+
+async def pruned(client: KubeClient, namespace: str, name: str) -> None:
+    """Wait until ConfigMap ``name`` is gone."""
+    await poll(client, configmap_path(namespace, name), gone, timeout=STEP, what="deletion")
 
 
 async def test_a_git_commit_becomes_objects_that_the_next_commit_changes_and_prunes(
@@ -142,28 +175,15 @@ async def test_a_git_commit_becomes_objects_that_the_next_commit_changes_and_pru
         kube_client, namespace, "app", {"kind": "GitRepository", "name": "app", "path": "apps"}
     )
 
-    await poll(
-        kube_client,
-        configmap_path(namespace, "web-settings"),
-        has_data(greeting="hello"),
-        timeout=STEP,
-        what="ConfigMap web-settings v1",
-    )
+    await configmap_holds(kube_client, namespace, "web-settings", greeting="hello")
     flags = await kube_client.get(configmap_path(namespace, "web-flags"))
     assert flags["data"] == {"beta": "off"}
     deployment = await kube_client.get(deployment_path(namespace, "web"))
     assert deployment["spec"]["replicas"] == 2
-    applied = await poll(
-        kube_client,
-        kustomization_path(namespace, "app"),
-        kustomization_ready("sha256:"),
-        timeout=STEP,
-        what="Ready Kustomization",
-    )
-    assert applied is not None
+    ks = await wait_applied(kube_client, namespace, "app")
     snippet = await kube_client.get(snippet_path(namespace, "app"))
-    assert applied["status"]["lastAppliedRevision"] == snippet["status"]["revision"]
-    inventory = {entry["id"] for entry in applied["status"]["inventory"]["entries"]}
+    assert ks["status"]["lastAppliedRevision"] == snippet["status"]["revision"]
+    inventory = {entry["id"] for entry in ks["status"]["inventory"]["entries"]}
     assert inventory == {
         f"{namespace}_web-settings__ConfigMap",
         f"{namespace}_web-flags__ConfigMap",
@@ -174,34 +194,16 @@ async def test_a_git_commit_becomes_objects_that_the_next_commit_changes_and_pru
     committed = time.monotonic()
     make_git_repo(repo, {"apps/settings.libsonnet": SETTINGS_V2}, "v2")
     await request_reconcile(kube_client, source_path("GitRepository", namespace, "app"))
-    await poll(
-        kube_client,
-        configmap_path(namespace, "web-settings"),
-        has_data(greeting="hello again"),
-        timeout=STEP,
-        what="ConfigMap web-settings v2",
-    )
+    await configmap_holds(kube_client, namespace, "web-settings", greeting="hello again")
     FIGURES.append(
         f"flux chain: git commit → changed ConfigMap in {time.monotonic() - committed:.2f} s "
         "(requestedAt on the GitRepository; source-controller, jaas-py, kustomize-controller)"
     )
-    await poll(
-        kube_client,
-        configmap_path(namespace, "web-flags"),
-        gone,
-        timeout=STEP,
-        what="web-flags pruned",
-    )
+    await pruned(kube_client, namespace, "web-flags")
     deployment = await kube_client.get(deployment_path(namespace, "web"))
     assert deployment["spec"]["replicas"] == 3
     good = await kube_client.get(snippet_path(namespace, "app"))
-    await poll(
-        kube_client,
-        kustomization_path(namespace, "app"),
-        kustomization_ready(good["status"]["revision"]),
-        timeout=STEP,
-        what="Kustomization at v2",
-    )
+    await wait_applied(kube_client, namespace, "app", good["status"]["revision"])
 
     # A Jsonnet error: the snippet says where, the applied objects stay as they are.
     make_git_repo(repo, {"apps/main.jsonnet": BROKEN_APP}, "broken")
@@ -209,7 +211,7 @@ async def test_a_git_commit_becomes_objects_that_the_next_commit_changes_and_pru
     failed = await wait_reason(kube_client, namespace, "app", "EvaluationFailed", timeout=STEP)
     message = ready(failed)["message"]
     assert "main.jsonnet:" in message, message
-    assert "missing" in message, message
+    assert "setings" in message, message
     assert failed["status"]["revision"] == good["status"]["revision"]
     kept = await kube_client.get(configmap_path(namespace, "web-settings"))
     assert kept["data"] == {"greeting": "hello again"}
@@ -236,32 +238,14 @@ async def test_an_oci_artifact_pushed_like_flux_push_artifact_becomes_objects(
         oci_repository("app", source, tag="latest"),
     )
     await chain(kube_client, namespace, "app", {"kind": "OCIRepository", "name": "app"})
-    await poll(
-        kube_client,
-        configmap_path(namespace, "web-flags"),
-        has_data(beta="off"),
-        timeout=STEP,
-        what="ConfigMap web-flags",
-    )
+    await configmap_holds(kube_client, namespace, "web-flags", beta="off")
     oci = await kube_client.get(source_path("OCIRepository", namespace, "app"))
     assert oci["status"]["artifact"]["revision"] == f"latest@{first}"
 
     second = push(SETTINGS_V2, "v2")
     await request_reconcile(kube_client, source_path("OCIRepository", namespace, "app"))
-    await poll(
-        kube_client,
-        configmap_path(namespace, "web-settings"),
-        has_data(greeting="hello again"),
-        timeout=STEP,
-        what="ConfigMap web-settings v2",
-    )
-    await poll(
-        kube_client,
-        configmap_path(namespace, "web-flags"),
-        gone,
-        timeout=STEP,
-        what="web-flags pruned",
-    )
+    await configmap_holds(kube_client, namespace, "web-settings", greeting="hello again")
+    await pruned(kube_client, namespace, "web-flags")
     oci = await kube_client.get(source_path("OCIRepository", namespace, "app"))
     assert oci["status"]["artifact"]["revision"] == f"latest@{second}"
 
@@ -283,19 +267,9 @@ async def test_a_chained_snippet_rendered_variant_feeds_a_kustomization(
         entryFile="rendered.json",
         sourceRef={"kind": "ExternalArtifact", "name": "base"},
     )
-    await create_in(
-        kube_client,
-        kustomization_path(namespace),
-        kustomization("derived", "derived", target_namespace=namespace),
-    )
+    await kustomize(kube_client, namespace, "derived")
     for i in range(2):
-        await poll(
-            kube_client,
-            configmap_path(namespace, f"chained-{i}"),
-            has_data(index=str(i)),
-            timeout=STEP,
-            what=f"ConfigMap chained-{i}",
-        )
+        await configmap_holds(kube_client, namespace, f"chained-{i}", index=str(i))
 
 
 def configmap(name: str) -> str:
@@ -325,22 +299,11 @@ async def test_every_render_shape_is_applied(
 ) -> None:
     program, names = SHAPES[shape]
     await create_snippet(kube_client, namespace, "shape", files={"main.jsonnet": program})
-    await create_in(
-        kube_client,
-        kustomization_path(namespace),
-        kustomization("shape", "shape", target_namespace=namespace),
-    )
-    applied = await poll(
-        kube_client,
-        kustomization_path(namespace, "shape"),
-        kustomization_ready("sha256:"),
-        timeout=STEP,
-        what="Ready Kustomization",
-    )
-    assert applied is not None
+    await kustomize(kube_client, namespace, "shape")
+    ks = await wait_applied(kube_client, namespace, "shape")
     for name in names:
         await kube_client.get(configmap_path(namespace, name))
-    assert len(applied["status"]["inventory"]["entries"]) == len(names)
+    assert len(ks["status"]["inventory"]["entries"]) == len(names)
 
 
 async def test_a_render_without_kubernetes_objects_makes_the_kustomization_fail(
@@ -351,11 +314,7 @@ async def test_a_render_without_kubernetes_objects_makes_the_kustomization_fail(
     )
     synced = await wait_reason(kube_client, namespace, "dashboard", "Synced", timeout=STEP)
     assert "not Kubernetes objects" in ready(synced)["message"]
-    await create_in(
-        kube_client,
-        kustomization_path(namespace),
-        kustomization("dashboard", "dashboard", target_namespace=namespace),
-    )
+    await kustomize(kube_client, namespace, "dashboard")
 
     def failed(obj: Obj | None) -> bool:
         return ready_condition(obj or {}).get("status") == "False"
