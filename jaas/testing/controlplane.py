@@ -43,7 +43,6 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -53,6 +52,7 @@ from jaas.testing.certs import CertificateAuthority, SigningKey
 from jaas.testing.processes import (
     ChildProcess,
     ChildProcessError,
+    Stoppable,
     free_port,
     log_tail,
 )
@@ -291,7 +291,7 @@ class StartupTimings:
 
 
 @dataclass(eq=False)
-class ControlPlane:
+class ControlPlane(Stoppable):
     """A running etcd + kube-apiserver pair; create it with :meth:`start`.
 
     Attributes:
@@ -545,17 +545,6 @@ class ControlPlane:
         self._apiserver.stop()
         self._etcd.stop()
         shutil.rmtree(self._etcd_data, ignore_errors=True)
-
-    def __enter__(self) -> ControlPlane:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def running(self) -> bool:

@@ -25,10 +25,9 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from jaas.testing.controlplane import ControlPlane
-from jaas.testing.processes import ChildProcess, ChildProcessError, free_port, log_tail
+from jaas.testing.processes import ChildProcess, ChildProcessError, Stoppable, free_port, log_tail
 
 #: Namespace the controllers consider their own (``RUNTIME_NAMESPACE``).
 RUNTIME_NAMESPACE = "flux-system"
@@ -116,7 +115,7 @@ def _wait_ready(process: ChildProcess, health_port: int, timeout: float) -> None
 
 
 @dataclass
-class FluxControllers:
+class FluxControllers(Stoppable):
     """Running Flux controllers; create them with :meth:`start`, end them with :meth:`stop`.
 
     Attributes:
@@ -252,14 +251,3 @@ class FluxControllers:
         """Stop every controller (SIGTERM, then SIGKILL after a grace period); idempotent."""
         while self._processes:
             self._processes.pop().stop()
-
-    def __enter__(self) -> FluxControllers:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -17,7 +17,8 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Self
 
 #: Seconds between SIGTERM and SIGKILL when stopping a process.
 STOP_GRACE = 20.0
@@ -66,6 +67,25 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+class Stoppable:
+    """Something started that :meth:`stop` ends; ``with`` it to stop it on the way out."""
+
+    def stop(self) -> None:
+        """End what was started (idempotent)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class ChildProcess:

@@ -22,10 +22,9 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from jaas.sources.digest import sha256_digest
-from jaas.testing.processes import ChildProcess, ChildProcessError, free_port, log_tail
+from jaas.testing.processes import ChildProcess, ChildProcessError, Stoppable, free_port, log_tail
 
 #: Media types ``flux push artifact`` uses (``fluxcd/pkg`` ``oci/meta.go``).
 FLUX_CONFIG_MEDIA_TYPE = "application/vnd.cncf.flux.config.v1+json"
@@ -147,7 +146,7 @@ def push_artifact(registry: str, repository: str, tag: str, artifact: OciArtifac
     return artifact.digest
 
 
-class OciRegistry:
+class OciRegistry(Stoppable):
     """go-containerregistry's in-memory registry on a free port (plain HTTP).
 
     Args:
@@ -185,14 +184,3 @@ class OciRegistry:
     def stop(self) -> None:
         """Stop the registry (its content is gone)."""
         self._process.stop()
-
-    def __enter__(self) -> OciRegistry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
