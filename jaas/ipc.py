@@ -26,6 +26,10 @@ _PREFIX = struct.Struct("!II")
 MAX_HEADER = 16 * 1024 * 1024
 #: Upper bound for one payload (bytes).
 MAX_PAYLOAD = 1024 * 1024 * 1024
+#: Header bytes the sender of a frame that will be relayed inside another
+#: frame's header leaves free below ``MAX_HEADER`` (an evaluator's ``result``,
+#: which the leader wraps in its own header for a shard).
+RELAY_HEADROOM = 4096
 
 Header = dict[str, Any]
 
@@ -34,16 +38,30 @@ class FrameError(Exception):
     """The peer sent something that is not a valid frame, or closed mid-frame."""
 
 
-def encode_frame(header: Header, payload: bytes = b"") -> bytes:
+def _encode_prefix_and_header(header: Header, payload_size: int, headroom: int) -> bytes:
+    head = orjson.dumps(header)
+    if len(head) > MAX_HEADER - headroom or payload_size > MAX_PAYLOAD:
+        raise FrameError(
+            f"frame too large: header {len(head)} B (at most {MAX_HEADER - headroom} B), "
+            f"payload {payload_size} B (at most {MAX_PAYLOAD} B)"
+        )
+    return _PREFIX.pack(len(head), payload_size) + head
+
+
+def encode_frame(header: Header, payload: bytes = b"", *, headroom: int = 0) -> bytes:
     """Return the wire bytes of one frame.
 
+    Args:
+        header: the frame's header (JSON-serialisable).
+        payload: the frame's raw body.
+        headroom: header bytes to leave free below ``MAX_HEADER`` (see
+            ``RELAY_HEADROOM``).
+
     Raises:
-        FrameError: the header or payload exceeds ``MAX_HEADER`` / ``MAX_PAYLOAD``.
+        FrameError: the header exceeds ``MAX_HEADER - headroom`` or the
+            payload ``MAX_PAYLOAD``.
     """
-    head = orjson.dumps(header)
-    if len(head) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
-        raise FrameError(f"frame too large: header {len(head)} B, payload {len(payload)} B")
-    return _PREFIX.pack(len(head), len(payload)) + head + payload
+    return _encode_prefix_and_header(header, len(payload), headroom) + payload
 
 
 def _decode_lengths(prefix: bytes) -> tuple[int, int]:
@@ -121,6 +139,14 @@ def recv_frame(sock: socket.socket) -> tuple[Header, bytes] | None:
     return _decode_header(head), payload
 
 
-def send_frame(sock: socket.socket, header: Header, payload: bytes = b"") -> None:
-    """Write one frame to a blocking socket."""
-    sock.sendall(encode_frame(header, payload))
+def send_frame(
+    sock: socket.socket, header: Header, payload: bytes = b"", *, headroom: int = 0
+) -> None:
+    """Write one frame to a blocking socket (the payload is sent without a copy).
+
+    Raises:
+        FrameError: as ``encode_frame``, before anything is written.
+    """
+    sock.sendall(_encode_prefix_and_header(header, len(payload), headroom))
+    if payload:
+        sock.sendall(payload)

@@ -284,19 +284,26 @@ class EvaluatorPool:
         Raises:
             ReasonError: ``EvaluationFailed`` for a Jsonnet error, invalid
                 output or a crashed worker; ``EvaluationTimeout`` when the
-                evaluation exceeded the timeout (the worker is killed).
+                evaluation exceeded the timeout (the worker is killed);
+                ``ArtifactTooLarge`` when the worker refused an output the
+                caller could not publish (see ``jaas.evaluator.worker``).
             RuntimeError: the pool is not started or is closed.
+            FrameError: the worker sent a malformed ``result`` frame.
         """
         header, payload = request.to_frame()
-        return await self.evaluate_frame(header, payload)
+        return EvaluationResult.from_frame(*await self.evaluate_frame(header, payload))
 
-    async def evaluate_frame(self, header: Header, payload: bytes) -> EvaluationResult:
-        """Evaluate an already encoded request (``EvaluationRequest.to_frame`` output).
+    async def evaluate_frame(self, header: Header, payload: bytes) -> tuple[Header, bytes]:
+        """Evaluate an already encoded request and return the encoded result.
 
-        The leader forwards shard requests this way, so files are not unpacked
+        Takes what ``EvaluationRequest.to_frame`` returns and returns the
+        worker's ``result`` frame as received (``EvaluationResult.from_frame``
+        decodes it). The leader relays shard requests and results this way, so
+        neither the files nor the output and its consumer files are unpacked
         and packed again in between. The pool's ``max_stack`` replaces the
         request's. While every worker is busy the request waits in the flow of
-        its ``label`` header. Raises as ``evaluate``.
+        its ``label`` header. Raises ``ReasonError`` and ``RuntimeError`` as
+        ``evaluate``.
         """
         if not self._started or self._closed:
             raise RuntimeError("the evaluator pool is not running")
@@ -337,7 +344,7 @@ class EvaluatorPool:
         kind = reply.get("type")
         if kind == RESULT:
             self._release(worker)
-            return EvaluationResult.from_frame(reply, body)
+            return reply, body
         if kind == ERROR:
             if reply.get("retire"):
                 self._retire(worker)

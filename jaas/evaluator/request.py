@@ -9,13 +9,27 @@ pool and a worker::
     parent -> worker  {"type": "libraries", ...}     payload: shared library files
     worker -> parent  {"type": "loaded", "aliases"}  one per ``libraries`` frame
     parent -> worker  {"type": "evaluate", ...}      payload: file contents
-    worker -> parent  {"type": "result", ...}        payload: rendered JSON
-    worker -> parent  {"type": "error", "message", "retire"}
+    worker -> parent  {"type": "result", ...}        payload: rendered JSON, consumer files
+    worker -> parent  {"type": "error", "message", "retire", "reason"}
 
 ``libraries`` frames carry the operator-wide shared libraries (``--library-path``,
 see ``jaas.evaluator.libraries``); the pool sends them once per worker, before
 its first request, so requests never carry them. The worker keeps them and
 adds them to every request's own libraries, which win on an alias both have.
+
+A ``result`` frame is laid out the same way::
+
+    header   {"type": "result", "seconds": float, "pid": int,
+              "discarded_bytes": int,
+              "rendered": <bytes of rendered.json>,
+              "files": [[<consumer file name>, <size>], ...],
+              "objects": <objects summary>}
+    payload  rendered.json, then each consumer file, in header order
+
+The consumer files (``kustomization.yaml``, ``objects.yaml``) and the objects
+summary are computed in the evaluator from the value it parsed
+(``jaas.storage.objects.consumer_files_for``), so the leader relays the frame
+as it is and a shard only packs its bytes into the tarball.
 """
 
 from __future__ import annotations
@@ -126,17 +140,28 @@ class EvaluationResult:
     Attributes:
         rendered: the output in go-jsonnet's format (3-space indent, sorted keys,
             trailing newline), UTF-8.
-        evaluation_seconds: wall-clock seconds the worker spent evaluating and
-            manifesting (excludes queueing and transfer).
+        evaluation_seconds: wall-clock seconds the worker spent evaluating,
+            manifesting and computing the consumer files (excludes queueing
+            and transfer).
         worker_pid: process id of the worker that evaluated it.
         discarded_bytes: length of the output the worker did not send
             (``discard_output``); ``rendered`` is empty then.
+        consumer_files: ``{file name: content}`` published beside
+            ``rendered.json`` for Flux's kustomize-controller
+            (``kustomization.yaml`` and, for a render of Kubernetes objects,
+            ``objects.yaml``; see ``jaas.storage.objects``); empty when the
+            output was discarded.
+        objects_summary: what the render holds, for the Ready message
+            (``RenderedObjects.summary()``, e.g. ``"3 Kubernetes objects"``);
+            empty when the output was discarded.
     """
 
     rendered: bytes
     evaluation_seconds: float
     worker_pid: int
     discarded_bytes: int = 0
+    consumer_files: Files = field(default_factory=dict)
+    objects_summary: str = ""
 
     @property
     def size(self) -> int:
@@ -144,28 +169,43 @@ class EvaluationResult:
         return len(self.rendered) or self.discarded_bytes
 
     def to_frame(self) -> tuple[Header, bytes]:
-        """Return the ``(header, payload)`` of this result's ``result`` frame."""
+        """Return the ``(header, payload)`` of this result's ``result`` frame (module docstring)."""
+        contents: list[bytes] = [self.rendered]
         header: Header = {
             "type": RESULT,
             "seconds": self.evaluation_seconds,
             "pid": self.worker_pid,
             "discarded_bytes": self.discarded_bytes,
+            "rendered": len(self.rendered),
+            "files": _pack(self.consumer_files, contents),
+            "objects": self.objects_summary,
         }
-        return header, self.rendered
+        return header, b"".join(contents)
 
     @classmethod
     def from_frame(cls, header: Header, payload: bytes) -> EvaluationResult:
         """Rebuild a result from a ``result`` frame.
 
         Raises:
-            FrameError: the header is malformed.
+            FrameError: the header is malformed or the sizes disagree with the payload.
         """
         try:
+            view = memoryview(payload)
+            size = int(header["rendered"])
+            if size < 0 or size > len(payload):
+                raise FrameError("frame lists more bytes than its payload holds")
+            # Without consumer files the payload is rendered.json: no copy.
+            rendered = payload if size == len(payload) else bytes(view[:size])
+            offset, files = _unpack(header["files"], view, size)
+            if offset != len(payload):
+                raise FrameError(f"result frame has {len(payload) - offset} stray payload bytes")
             return cls(
-                payload,
+                rendered,
                 float(header["seconds"]),
                 int(header["pid"]),
                 int(header.get("discarded_bytes", 0)),
+                files,
+                str(header["objects"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise FrameError(f"malformed result frame: {err!r}") from err

@@ -10,7 +10,14 @@ thread with a large stack (legitimate deep recursion then behaves as in
 go-jsonnet), with ``gc=False`` and ``rjsonnet.gc()`` afterwards (fast repeated
 calls, flat memory; see shared/reference/evaluator.md), then checked and
 re-serialised in go-jsonnet's format here, so the CPU cost stays out of the
-parent.
+parent. From the same parsed value the worker also computes the files
+published beside ``rendered.json`` for Flux's kustomize-controller
+(``jaas.storage.objects``) and sends them with the result: parsing a render
+again would cost a shard memory and event-loop time in proportion to its size.
+Whatever the caller could not publish (``rendered.json`` over the request's
+``max_output_bytes``, a file over the 16 MiB a consumer extracts, a result
+that does not fit one frame) is refused here as ``ArtifactTooLarge``, so the
+leader and the shard never hold it.
 
 Operator-wide shared libraries (``--library-path``) arrive once, in
 ``libraries`` frames the pool sends right after ``ready``; the worker keeps
@@ -41,6 +48,7 @@ from dataclasses import dataclass
 
 import rjsonnet
 
+from jaas.api.reasons import Reason, ReasonError
 from jaas.evaluator.importer import InMemoryImporter, user_facing
 from jaas.evaluator.manifest import OutputError, manifest_json, parse_output
 from jaas.evaluator.request import (
@@ -55,7 +63,9 @@ from jaas.evaluator.request import (
     error_header,
     libraries_from_frame,
 )
-from jaas.ipc import FrameError, Header, recv_frame, send_frame
+from jaas.ipc import RELAY_HEADROOM, FrameError, recv_frame, send_frame
+from jaas.sources.extract import MAX_ENTRY_BYTES, MAX_EXTRACTED_BYTES
+from jaas.storage.objects import consumer_files_for
 
 # Python frames below the parser/manifester when they start, plus slack.
 _RECURSION_HEADROOM = 100
@@ -69,24 +79,34 @@ _collect_garbage: Callable[[], None] = rjsonnet.gc  # type: ignore[attr-defined]
 
 @dataclass
 class _Outcome:
-    """What one evaluation produced: a result, or a user-facing error message."""
+    """What one evaluation produced: a result, or a user-facing error message and its reason."""
 
     result: EvaluationResult | None = None
     message: str = ""
     retire: bool = False
+    reason: Reason = Reason.EVALUATION_FAILED
 
 
-def evaluate(request: EvaluationRequest) -> bytes:
-    """Evaluate a request in the calling thread and return the rendered bytes.
+def evaluate(request: EvaluationRequest) -> EvaluationResult:
+    """Evaluate a request in the calling thread and return the result to send.
 
     Returns:
-        go-jsonnet-format JSON (UTF-8, trailing newline).
+        The output in go-jsonnet's format (UTF-8, trailing newline) with the
+        consumer files and objects summary computed from the parsed value
+        (``jaas.storage.objects.consumer_files_for``), this process's pid
+        and the seconds spent; with ``request.discard_output`` only the
+        output's length (``discarded_bytes``), no output and no files.
 
     Raises:
         RuntimeError: rjsonnet reported a Jsonnet error (message as rjsonnet wrote it).
         OutputError: the output is not valid JSON or nests deeper than ``max_stack``.
+        ReasonError: ``ArtifactTooLarge``: the output is over
+            ``request.max_output_bytes`` (checked before the consumer files
+            are computed), or a file to send is over the 16 MiB per-file
+            limit consumers can extract (all of them over 64 MiB).
         BaseException: rjsonnet panicked (``pyo3_runtime.PanicException``).
     """
+    started = time.perf_counter()
     importer = InMemoryImporter(request.files, request.libraries)
     ext_vars = {v.name: v.value for v in request.external_variables if not v.code}
     ext_codes = {v.name: v.value for v in request.external_variables if v.code}
@@ -113,15 +133,56 @@ def evaluate(request: EvaluationRequest) -> bytes:
     sys.setrecursionlimit(limit)
     value = parse_output(text, max_depth=request.max_stack)
     del text
-    return manifest_json(value, max_depth=request.max_stack).encode("utf-8")
+    rendered = manifest_json(value, max_depth=request.max_stack).encode("utf-8")
+    cap = request.max_output_bytes
+    if cap and len(rendered) > cap:
+        # Refused here, so the leader and the shard never hold the output.
+        raise ReasonError(
+            Reason.ARTIFACT_TOO_LARGE,
+            f"rendered.json would be {len(rendered)} bytes, over the {cap}-byte limit",
+        )
+    if request.discard_output:
+        seconds = time.perf_counter() - started
+        return EvaluationResult(b"", seconds, os.getpid(), discarded_bytes=len(rendered))
+    files, found = consumer_files_for(value)
+    del value
+    _check_consumer_files(rendered, files)
+    seconds = time.perf_counter() - started
+    return EvaluationResult(rendered, seconds, os.getpid(), 0, files, found.summary())
+
+
+def _check_consumer_files(rendered: bytes, files: Mapping[str, bytes]) -> None:
+    """Refuse files ``jaas.storage.package.package_rendered`` would refuse beside ``rendered``.
+
+    Raises:
+        ReasonError: ``ArtifactTooLarge`` for a file over ``MAX_ENTRY_BYTES``
+            or all of them, ``rendered`` included, over ``MAX_EXTRACTED_BYTES``.
+    """
+    total = len(rendered)
+    for name, content in files.items():
+        if len(content) > MAX_ENTRY_BYTES:
+            raise ReasonError(
+                Reason.ARTIFACT_TOO_LARGE,
+                f"{name} (written beside rendered.json for kustomize) would be "
+                f"{len(content)} bytes, over the {MAX_ENTRY_BYTES}-byte per-file limit "
+                "consumers can extract",
+            )
+        total += len(content)
+    if total > MAX_EXTRACTED_BYTES:
+        raise ReasonError(
+            Reason.ARTIFACT_TOO_LARGE,
+            f"rendered.json and the files written beside it for kustomize would be {total} "
+            f"bytes, over the {MAX_EXTRACTED_BYTES}-byte limit consumers can extract",
+        )
 
 
 def _evaluate_outcome(request: EvaluationRequest) -> _Outcome:
     """Run ``evaluate`` and turn every way it can end into an ``_Outcome``."""
     entry = request.entry_file
-    started = time.perf_counter()
     try:
-        rendered = evaluate(request)
+        result = evaluate(request)
+    except ReasonError as err:
+        return _Outcome(message=err.message, reason=err.reason)
     except OutputError as err:
         return _Outcome(message=str(err))
     except RuntimeError as err:
@@ -152,8 +213,7 @@ def _evaluate_outcome(request: EvaluationRequest) -> _Outcome:
             ),
             retire=True,
         )
-    seconds = time.perf_counter() - started
-    return _Outcome(result=EvaluationResult(rendered, seconds, os.getpid()))
+    return _Outcome(result=result)
 
 
 def _run_in_thread(request: EvaluationRequest) -> _Outcome:
@@ -258,37 +318,35 @@ def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
             send_frame(sock, error_header(f"malformed evaluation request: {err}"))
             continue
         del payload
-        request_cap = request.max_output_bytes
-        discard = request.discard_output
         request = with_shared_libraries(request, shared)
         _limit_cpu(cpu_limit)
         outcome = _run_in_thread(request)
         _limit_cpu(0)
         del request
-        reply: tuple[Header, bytes]
-        cap = request_cap
-        if outcome.result is not None and cap and len(outcome.result.rendered) > cap:
-            # Refused here, so the leader and the shard never hold the output.
-            reply = (
-                error_header(
-                    f"rendered.json would be {len(outcome.result.rendered)} bytes, over the "
-                    f"{cap}-byte limit",
-                    reason="ArtifactTooLarge",
-                ),
-                b"",
-            )
-        elif outcome.result is not None and discard:
-            sent = dataclasses.replace(
-                outcome.result, rendered=b"", discarded_bytes=len(outcome.result.rendered)
-            )
-            reply = sent.to_frame()
-        elif outcome.result is not None:
-            reply = outcome.result.to_frame()
+        retire = outcome.retire
+        if outcome.result is None:
+            reply = error_header(outcome.message, retire=retire, reason=outcome.reason.value)
+            send_frame(sock, reply)
         else:
-            reply = error_header(outcome.message, retire=outcome.retire), b""
-        send_frame(sock, *reply)
-        if outcome.retire:
+            send_result(sock, outcome.result)
+        del outcome  # the output is not kept while waiting for the next request
+        if retire:
             return 1
+
+
+def send_result(sock: socket.socket, result: EvaluationResult) -> None:
+    """Send ``result``'s frame, or ``ArtifactTooLarge`` if it cannot be relayed as one frame.
+
+    The header keeps ``RELAY_HEADROOM`` free for the leader, which forwards
+    the frame to the shard inside its own; the check happens before anything
+    is written, so neither the leader nor the shard ever buffers such a frame.
+    """
+    header, payload = result.to_frame()
+    try:
+        send_frame(sock, header, payload, headroom=RELAY_HEADROOM)
+    except FrameError as err:
+        message = f"the evaluation result cannot be sent from the evaluator: {err}"
+        send_frame(sock, error_header(message, reason=Reason.ARTIFACT_TOO_LARGE.value))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

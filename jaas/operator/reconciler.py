@@ -76,7 +76,12 @@ from jaas.operator.ratelimit import RateLimiter
 from jaas.operator.sourcing import Fetcher, ResolvedSource, resolve_source
 from jaas.operator.tenancy import TokenCache, service_account_of, tenant_client
 from jaas.sources.extract import MAX_ENTRY_BYTES
-from jaas.storage.package import Package, package_rendered, package_sources
+from jaas.storage.package import (
+    RENDERED_FILE_NAME,
+    Package,
+    package_rendered,
+    package_sources,
+)
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("jaas")
@@ -86,7 +91,12 @@ class Evaluator(Protocol):
     """Evaluates Jsonnet somewhere killable (the leader's pool, or a local pool in tests)."""
 
     async def evaluate(self, request: EvaluationRequest) -> EvaluationResult:
-        """Evaluate; raise ``ReasonError`` (EvaluationFailed / EvaluationTimeout) on failure."""
+        """Evaluate; raise ``ReasonError`` on failure.
+
+        The reasons are EvaluationFailed, EvaluationTimeout and
+        ArtifactTooLarge. The result of an ``output: rendered`` request
+        carries the consumer files and the objects summary.
+        """
         ...
 
 
@@ -501,8 +511,11 @@ class SnippetReconciler:
         """Evaluate the entry file in an evaluator process.
 
         The evaluator refuses an output larger than ``package`` could publish
-        before sending it (``_output_cap``), so an oversized render never
-        reaches the leader or this shard.
+        before sending it (``_output_cap``, and the per-file limit on the
+        files it computes beside ``rendered.json``), so an oversized render
+        never reaches the leader or this shard. For ``output: rendered`` the
+        result carries those files and the objects summary, so this shard
+        never parses the render.
 
         Raises:
             ReasonError: ``EvaluationFailed``, ``EvaluationTimeout`` or
@@ -533,14 +546,18 @@ class SnippetReconciler:
             except ReasonError as err:
                 if err.reason is not Reason.ARTIFACT_TOO_LARGE:
                     raise
-                limit = (
-                    "--max-artifact-bytes"
-                    if cap == self.options.max_artifact_bytes
-                    else "the most one file consumers can extract"
-                )
+                message = err.message
+                if message.startswith(f"{RENDERED_FILE_NAME} would be"):
+                    # The worker's refusal against ``cap`` names no limit; the others do.
+                    limit = (
+                        "--max-artifact-bytes"
+                        if cap == self.options.max_artifact_bytes
+                        else "the most one file consumers can extract"
+                    )
+                    message += f" ({limit})"
                 raise ReasonError(
                     Reason.ARTIFACT_TOO_LARGE,
-                    f"{err.message} ({limit}); refused in the evaluator, nothing published",
+                    f"{message}; refused in the evaluator, nothing published",
                 ) from err
             span.set_attribute("jaas.eval.renderedBytes", result.size)
             return result
@@ -565,7 +582,11 @@ class SnippetReconciler:
             cap = self.options.max_artifact_bytes or None
             if spec.output == "rendered":
                 package = await asyncio.to_thread(
-                    package_rendered, result.rendered, max_artifact_bytes=cap
+                    package_rendered,
+                    result.rendered,
+                    result.consumer_files,
+                    result.objects_summary,
+                    max_artifact_bytes=cap,
                 )
             else:
                 package = await asyncio.to_thread(
@@ -619,8 +640,8 @@ class SnippetReconciler:
             span.set_attribute("jaas.publish.revision", artifact.revision)
             span.set_attribute("jaas.publish.retainCount", len(history))
         message = f"Rendered {result.size} bytes from {len(source.files)} files"
-        if package.objects is not None:
-            message += f": {package.objects.summary()}"
+        if package.objects_summary is not None:
+            message += f": {package.objects_summary}"
         await self._write_status(
             current,
             Reason.SYNCED,

@@ -8,8 +8,16 @@ shard → leader
     ``{"op": "heartbeat", ...progress}`` every couple of seconds from its event loop, and
     ``{"op": "evaluate", "id": n, "request": {...}}`` + payload for each evaluation.
 leader → shard
-    ``{"op": "result", "id": n, "ok": true, "result": {...}}`` + rendered bytes, or
+    ``{"op": "result", "id": n, "ok": true, "result": {...}}`` + payload, or
     ``{"op": "result", "id": n, "ok": false, "reason": ..., "message": ...}``.
+
+An evaluation's request and result cross the leader without being unpacked:
+the shard's ``evaluate`` frame carries an ``EvaluationRequest.to_frame``
+header and payload, which the pool sends to a worker as they are, and the
+worker's ``result`` frame (``EvaluationResult.to_frame``: rendered.json and
+the files published beside it) comes back as the ``result`` header and the
+payload. Frame size limits (``jaas.ipc``) are checked before anything is
+written or buffered: a request or result over them is ``ArtifactTooLarge``.
 
 Evaluation thus stays in the leader's evaluator pool (design.md §3): a shard
 never runs rjsonnet itself, and the pool is shared by every shard.
@@ -31,9 +39,10 @@ from jaas.ipc import FrameError, Header, read_frame, write_frame
 
 log = logging.getLogger(__name__)
 
-#: Evaluates an encoded request (``EvaluationRequest.to_frame`` output), e.g.
-#: ``EvaluatorPool.evaluate_frame``: the leader forwards files without unpacking them.
-Evaluate = Callable[[Header, bytes], Awaitable[EvaluationResult]]
+#: Evaluates an encoded request (``EvaluationRequest.to_frame`` output) and
+#: returns the encoded result (``EvaluationResult.to_frame`` output), e.g.
+#: ``EvaluatorPool.evaluate_frame``: the leader relays both without unpacking them.
+Evaluate = Callable[[Header, bytes], Awaitable[tuple[Header, bytes]]]
 
 
 class LeaderConnection:
@@ -96,6 +105,7 @@ class LeaderConnection:
                 from the pool; ArtifactTooLarge when the request exceeds the
                 frame limits (``jaas.ipc``).
             ConnectionError: the leader went away (a transient failure).
+            FrameError: the result frame is malformed (a bug, not user input).
         """
         if self._writer is None or self.lost.is_set():
             raise ConnectionError("not connected to the leader process")
@@ -198,11 +208,17 @@ class ShardEndpoint:
             request = header.get("request")
             if not isinstance(request, dict):
                 raise ReasonError(Reason.EVALUATION_FAILED, "malformed evaluate frame")
-            result = await self.evaluate(request, payload)
-            res_header, body = result.to_frame()
-            write_frame(
-                writer, {"op": "result", "id": request_id, "ok": True, "result": res_header}, body
-            )
+            res_header, body = await self.evaluate(request, payload)
+            reply = {"op": "result", "id": request_id, "ok": True, "result": res_header}
+            try:
+                write_frame(writer, reply, body)
+            except FrameError as err:
+                # Checked before anything is buffered. The worker leaves
+                # ipc.RELAY_HEADROOM for this header, so this is a backstop.
+                raise ReasonError(
+                    Reason.ARTIFACT_TOO_LARGE,
+                    f"the evaluation result cannot be relayed to the shard: {err}",
+                ) from err
         except ReasonError as err:
             write_frame(
                 writer,

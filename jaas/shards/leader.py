@@ -32,7 +32,6 @@ from jaas.api.reasons import Reason, ReasonError
 from jaas.child import python_module_argv
 from jaas.evaluator.libraries import LibraryPathError, load_library_paths
 from jaas.evaluator.pool import EvaluatorPool
-from jaas.evaluator.request import EvaluationResult
 from jaas.ipc import Header
 from jaas.observability import metrics
 from jaas.observability.memory import resident_bytes
@@ -104,7 +103,8 @@ class Leader:
                 if removed:
                     log.info("storage sweep removed %d abandoned temporary files", removed)
 
-    async def _evaluate(self, header: Header, payload: bytes) -> EvaluationResult:
+    async def _evaluate(self, header: Header, payload: bytes) -> tuple[Header, bytes]:
+        """Evaluate a shard's encoded request; return the worker's result frame, relayed as is."""
         started = time.perf_counter()
         result = "failed"
         try:

@@ -20,7 +20,7 @@ kustomize-controller builds the artifact directory with kustomize: without a
 ``kustomization.yaml`` it applies only ``*.yaml`` / ``*.yml`` files
 (fluxcd/pkg ``kustomize`` ``scanManifests``), never ``rendered.json``
 (jaas-reference: JaaS ships only ``rendered.json``, so a Kustomization of it
-applies nothing while reporting success). :func:`consumer_files` therefore
+applies nothing while reporting success). :func:`consumer_files_for` therefore
 adds, beside the unchanged ``rendered.json``:
 
 - when the value holds objects and no problem: ``objects.yaml`` (every object,
@@ -29,6 +29,12 @@ adds, beside the unchanged ``rendered.json``:
 - otherwise: a ``kustomization.yaml`` whose only resource is a file that does
   not exist, named for what is wrong, so that a Kustomization of the artifact
   fails its build (``Ready=False``) instead of applying nothing silently.
+
+:func:`consumer_files_for` takes the value the evaluator process parsed and
+manifested (``jaas.evaluator.worker``): the files travel with the evaluation
+result, so a shard never parses a render again; it only packs bytes
+(``jaas.storage.package.package_rendered``). This module is pure (no I/O, no
+imports beyond the standard library), so the evaluator can use it.
 
 See ``docs/consumers.md`` for the consumer's side.
 """
@@ -183,10 +189,31 @@ def objects_yaml(objects: tuple[dict[str, Any], ...]) -> bytes:
     """A YAML stream of ``objects``, one document each, written as ASCII-only JSON.
 
     JSON is YAML 1.2; escaping every non-ASCII character keeps characters YAML
-    forbids or folds (C1 controls, U+2028, a BOM) out of the stream.
+    forbids or folds (C1 controls, U+2028, a BOM) out of the stream. A
+    ``float`` with an integral value is written as an integer (``3.0`` as
+    ``3``), as go-jsonnet writes it in ``rendered.json``: the evaluator parses
+    every number as a ``float``, and the output is the same as for the
+    ``rendered.json`` text parsed again.
+
+    Raises:
+        RecursionError: an object nests deeper than the recursion limit allows.
     """
-    documents = (json.dumps(obj, sort_keys=True, separators=(",", ":")) for obj in objects)
+    documents = (
+        json.dumps(_integral_floats_as_ints(obj), sort_keys=True, separators=(",", ":"))
+        for obj in objects
+    )
     return (_HEADER + "".join(f"---\n{doc}\n" for doc in documents)).encode()
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """``value`` with every ``float`` that has an integral value replaced by that ``int``."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value
 
 
 def _kustomization(resources: list[str], comment: str = "") -> bytes:
@@ -200,32 +227,36 @@ def _kustomization(resources: list[str], comment: str = "") -> bytes:
     return "".join(lines).encode()
 
 
-def consumer_files(rendered: bytes) -> tuple[dict[str, bytes], RenderedObjects]:
+def consumer_files_for(value: Any) -> tuple[dict[str, bytes], RenderedObjects]:
     """The files added beside ``rendered.json`` for kustomize, and what was found.
 
     Args:
-        rendered: the ``rendered.json`` bytes (JSON as go-jsonnet manifests it).
+        value: the rendered value as parsed: ``dict`` (``str`` keys), ``list``,
+            ``str``, ``float``, ``int``, ``bool`` or ``None``, e.g. what
+            ``jaas.evaluator.manifest.parse_output`` returns (the value
+            ``rendered.json`` is the go-jsonnet manifestation of) or
+            ``json.loads`` of ``rendered.json``; both give the same files.
 
     Returns:
         ``({file name: content}, found)``; the names are
         :data:`KUSTOMIZATION_FILE_NAME` and, when ``found.applicable`` and
-        there are objects, :data:`OBJECTS_FILE_NAME`.
+        there are objects, :data:`OBJECTS_FILE_NAME`. An object nested too
+        deeply to write out makes the whole value a problem
+        (``"$: nested too deeply to read as Kubernetes objects"``).
     """
-    try:
-        value = json.loads(rendered)
-    except RecursionError:
-        found = RenderedObjects((), ("$: nested too deeply to read as Kubernetes objects",))
-    except ValueError:
-        found = RenderedObjects((), ("$: not JSON",))
-    else:
-        found = find_objects(value)
+    found = find_objects(value)
+    if found.applicable and found.objects:
+        try:
+            stream = objects_yaml(found.objects)
+        except RecursionError:
+            found = RenderedObjects((), ("$: nested too deeply to read as Kubernetes objects",))
+        else:
+            files = {
+                KUSTOMIZATION_FILE_NAME: _kustomization([OBJECTS_FILE_NAME]),
+                OBJECTS_FILE_NAME: stream,
+            }
+            return files, found
     if not found.applicable:
         comment = "# " + found.summary().replace("\n", " ") + "\n"
         return {KUSTOMIZATION_FILE_NAME: _kustomization([NO_OBJECTS_RESOURCE], comment)}, found
-    if not found.objects:
-        return {KUSTOMIZATION_FILE_NAME: _kustomization([])}, found
-    files = {
-        KUSTOMIZATION_FILE_NAME: _kustomization([OBJECTS_FILE_NAME]),
-        OBJECTS_FILE_NAME: objects_yaml(found.objects),
-    }
-    return files, found
+    return {KUSTOMIZATION_FILE_NAME: _kustomization([])}, found

@@ -7,7 +7,10 @@ Follows metio/jaas ``internal/operator/publisher.go`` and
   of that content (JaaS's single entry, unchanged); beside it jaas-py adds
   ``kustomization.yaml`` and, when the render holds Kubernetes objects,
   ``objects.yaml``, so Flux's kustomize-controller applies them
-  (:mod:`jaas.storage.objects`); the revision does not depend on them;
+  (:mod:`jaas.storage.objects`); the revision does not depend on them. The
+  evaluator process computes those files from the value it parsed and sends
+  them with the result: nothing here parses the render, so packaging costs
+  time and memory in proportion to bytes only;
 - ``output: source``: every file at its relative path; revision =
   ``sha256:`` + sha256 over the files sorted by name of
   ``name NUL content NUL`` …;
@@ -40,7 +43,6 @@ from typing import Final
 from jaas.api.reasons import Reason, ReasonError
 from jaas.sources.digest import format_digest, sha256_digest
 from jaas.sources.extract import MAX_ENTRY_BYTES, MAX_EXTRACTED_BYTES, safe_entry_name
-from jaas.storage.objects import RenderedObjects, consumer_files
 
 #: The single entry of an ``output: rendered`` artifact.
 RENDERED_FILE_NAME: Final = "rendered.json"
@@ -58,14 +60,15 @@ class Package:
         data: the ``.tar.gz`` bytes.
         revision: ``sha256:<hex>`` of the content (see module docstring).
         digest: ``sha256:<hex>`` of ``data``.
-        objects: the Kubernetes objects found in ``rendered.json`` (None for
-            ``output: source``).
+        objects_summary: what ``rendered.json`` holds, for the Ready message
+            (``jaas.storage.objects.RenderedObjects.summary``, e.g. ``"3
+            Kubernetes objects"``); None for ``output: source``.
     """
 
     data: bytes
     revision: str
     digest: str
-    objects: RenderedObjects | None = None
+    objects_summary: str | None = None
 
     @property
     def size(self) -> int:
@@ -89,19 +92,43 @@ def source_revision(files: Mapping[str, bytes]) -> str:
     return format_digest(hasher.hexdigest())
 
 
-def package_rendered(rendered: bytes, *, max_artifact_bytes: int | None = None) -> Package:
+def package_rendered(
+    rendered: bytes,
+    consumer_files: Mapping[str, bytes],
+    objects_summary: str,
+    *,
+    max_artifact_bytes: int | None = None,
+) -> Package:
     """Package rendered JSON as ``rendered.json`` plus the files kustomize applies.
+
+    Parses nothing: ``consumer_files`` and ``objects_summary`` come with the
+    evaluation result (the evaluator computes them with
+    ``jaas.storage.objects.consumer_files_for`` from the value it rendered).
+
+    Args:
+        rendered: the ``rendered.json`` bytes; the revision is their sha256.
+        consumer_files: ``{file name: content}`` to add beside it
+            (``kustomization.yaml``, ``objects.yaml``).
+        objects_summary: what the render holds, kept as
+            ``Package.objects_summary`` for the Ready message.
+        max_artifact_bytes: the operator's cap on ``rendered.json``
+            (``--max-artifact-bytes``), None for none.
 
     Raises:
         ReasonError: ``ArtifactTooLarge`` when ``rendered`` is over
-            ``max_artifact_bytes``, or an entry over 16 MiB.
+            ``max_artifact_bytes``, an entry over 16 MiB or all of them over
+            64 MiB.
+        ValueError: a consumer file is named ``rendered.json`` or with a name
+            consumers would drop (see :func:`jaas.sources.extract.safe_entry_name`).
     """
+    for name in consumer_files:
+        if name == RENDERED_FILE_NAME or safe_entry_name(name) != name:
+            raise ValueError(f"{name!r} cannot be published beside {RENDERED_FILE_NAME}")
     _check_caps({RENDERED_FILE_NAME: rendered}, max_artifact_bytes)
-    extra, objects = consumer_files(rendered)
-    entries = {RENDERED_FILE_NAME: rendered, **extra}
+    entries = {RENDERED_FILE_NAME: rendered, **consumer_files}
     _check_caps(entries, None)
     data = build_tarball(entries)
-    return Package(data, sha256_digest(rendered), sha256_digest(data), objects)
+    return Package(data, sha256_digest(rendered), sha256_digest(data), objects_summary)
 
 
 def package_sources(

@@ -562,6 +562,22 @@ async def test_a_discarded_output_is_measured_but_not_sent(pool: EvaluatorPool) 
     program = "std.join('', std.makeArray(1000, function(i) 'x'))"
     result = await pool.evaluate(dataclasses.replace(snippet(program), discard_output=True))
     assert result.rendered == b""
+    assert result.consumer_files == {}
     assert result.size == 1003
     failed = dataclasses.replace(snippet("error 'no'"), discard_output=True)
     assert (await failure(pool, failed)).reason is Reason.EVALUATION_FAILED
+
+
+async def test_the_result_carries_the_files_for_kustomize_and_is_returned_encoded(
+    pool: EvaluatorPool,
+) -> None:
+    program = "{apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: 'x'}, data: {n: '1'}}"
+    result = await pool.evaluate(snippet(program))
+    assert sorted(result.consumer_files) == ["kustomization.yaml", "objects.yaml"]
+    assert result.objects_summary == "1 Kubernetes object"
+    # evaluate_frame returns the worker's frame as received, for the leader to relay.
+    header, payload = await pool.evaluate_frame(*snippet(program).to_frame())
+    assert header["type"] == "result"
+    assert header["files"] == [[name, len(c)] for name, c in result.consumer_files.items()]
+    assert payload == result.rendered + b"".join(result.consumer_files.values())
+    assert EvaluationResult.from_frame(header, payload).consumer_files == result.consumer_files

@@ -11,6 +11,7 @@ from jaas.evaluator.request import (
     ERROR,
     EVALUATE,
     LIBRARIES,
+    RESULT,
     EvaluationRequest,
     EvaluationResult,
     error_header,
@@ -54,6 +55,34 @@ def test_request_round_trip_keeps_files_libraries_and_variables() -> None:
 def test_result_round_trip() -> None:
     result = EvaluationResult(b'{\n   "a": 1\n}\n', 0.125, 4242)
     assert EvaluationResult.from_frame(*through_socket(*result.to_frame())) == result
+    discarded = EvaluationResult(b"", 0.5, 7, discarded_bytes=1003)
+    assert EvaluationResult.from_frame(*through_socket(*discarded.to_frame())) == discarded
+
+
+def test_result_frame_carries_consumer_files_raw_after_the_output() -> None:
+    rendered = b'{\n   "kind": "ConfigMap"\n}\n'
+    files = {"kustomization.yaml": b"resources:\n- objects.yaml\n", "objects.yaml": b"---\n{}\n"}
+    result = EvaluationResult(rendered, 0.25, 99, 0, files, "1 Kubernetes object")
+    header, payload = result.to_frame()
+    assert header == {
+        "type": RESULT,
+        "seconds": 0.25,
+        "pid": 99,
+        "discarded_bytes": 0,
+        "rendered": len(rendered),
+        "files": [["kustomization.yaml", 26], ["objects.yaml", 7]],
+        "objects": "1 Kubernetes object",
+    }
+    assert payload == rendered + files["kustomization.yaml"] + files["objects.yaml"]
+    assert EvaluationResult.from_frame(*through_socket(header, payload)) == result
+    with pytest.raises(FrameError, match="more bytes than its payload"):
+        EvaluationResult.from_frame(header, payload[:-1])
+    with pytest.raises(FrameError, match="stray payload bytes"):
+        EvaluationResult.from_frame(header, payload + b"x")
+    with pytest.raises(FrameError, match="more bytes than its payload"):
+        EvaluationResult.from_frame({**header, "rendered": len(payload) + 1}, payload)
+    with pytest.raises(FrameError, match="malformed result frame"):
+        EvaluationResult.from_frame({**header, "files": None}, payload)
 
 
 def test_error_header() -> None:

@@ -32,6 +32,7 @@ from jaas.operator.publisher import Publisher, external_artifact_path
 from jaas.operator.ratelimit import RateLimiter
 from jaas.operator.reconciler import ReconcilerOptions, Result, SnippetReconciler, snippet_path
 from jaas.operator.tenancy import TokenCache
+from jaas.sources.extract import extract_tarball
 from jaas.storage.local import LocalStore
 from tests.unit.fakes import FakeApi, FakeClient, Obj
 
@@ -63,12 +64,24 @@ class InProcessEvaluator:
         self.requests: list[EvaluationRequest] = []
 
     async def evaluate(self, request: EvaluationRequest) -> EvaluationResult:
+        """The worker's own ``evaluate``: consumer files and caps as in the evaluator process."""
         self.requests.append(request)
         try:
-            rendered = evaluate_in_process(request)
+            return evaluate_in_process(request)
         except RuntimeError as err:
             raise ReasonError(Reason.EVALUATION_FAILED, str(err)) from err
-        return EvaluationResult(rendered, 0.0, 0)
+
+
+class CannedEvaluator(InProcessEvaluator):
+    """Answers every request with one given result."""
+
+    def __init__(self, result: EvaluationResult) -> None:
+        super().__init__()
+        self.result = result
+
+    async def evaluate(self, request: EvaluationRequest) -> EvaluationResult:
+        self.requests.append(request)
+        return self.result
 
 
 class Objects:
@@ -464,6 +477,66 @@ async def test_artifact_too_large(tmp_path: Path) -> None:
     h = Harness(tmp_path, max_artifact_bytes=10)
     h.snippet(files={"main.jsonnet": "{ text: 'more than ten bytes' }"})
     assert await h.reason() == "ArtifactTooLarge"
+    assert h.ready()["message"] == (
+        "rendered.json would be 37 bytes, over the 10-byte limit (--max-artifact-bytes); "
+        "refused in the evaluator, nothing published"
+    )
+
+
+async def test_a_file_for_kustomize_over_the_per_file_cap_is_refused_naming_that_limit(
+    tmp_path: Path,
+) -> None:
+    # rendered.json (8.7 MB) is under --max-artifact-bytes; objects.yaml, where
+    # U+2713 takes 6 bytes instead of 3, is over the 16 MiB consumers extract.
+    h = Harness(tmp_path, max_artifact_bytes=10 * 1024 * 1024)
+    program = (
+        "{apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: 'x'}, "
+        "data: {v: std.repeat('\u2713', 2900000)}}"
+    )
+    h.snippet(files={"main.jsonnet": program})
+    assert await h.reason() == "ArtifactTooLarge"
+    assert h.ready()["message"] == (
+        "objects.yaml (written beside rendered.json for kustomize) would be 17400206 bytes, "
+        "over the 16777216-byte per-file limit consumers can extract; refused in the "
+        "evaluator, nothing published"
+    )
+    assert h.external_artifact() is None
+
+
+async def test_a_render_of_objects_is_published_with_the_evaluators_files_for_kustomize(
+    h: Harness,
+) -> None:
+    program = (
+        "[{apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: n}, data: {replicas: '2'}}"
+        " for n in ['a', 'b']]"
+    )
+    h.snippet(files={"main.jsonnet": program})
+    assert await h.reason() == "Synced"
+    ea = h.external_artifact()
+    assert ea is not None
+    tarball = (h.store.root / ea["status"]["artifact"]["path"]).read_bytes()
+    files = extract_tarball(tarball)
+    assert sorted(files) == ["kustomization.yaml", "objects.yaml", "rendered.json"]
+    assert h.ready()["message"] == (
+        f"Rendered {len(files['rendered.json'])} bytes from 1 files: 2 Kubernetes objects"
+    )
+    assert files["objects.yaml"].count(b"---\n") == 2
+
+
+async def test_the_package_stage_publishes_what_the_evaluator_sent_without_parsing_it(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    consumer_files = {"kustomization.yaml": b"resources: []\n"}
+    canned = EvaluationResult(b"not JSON at all", 0.0, 0, 0, consumer_files, "as sent")
+    h.reconciler.evaluator = CannedEvaluator(canned)
+    h.snippet()
+    assert await h.reason() == "Synced"
+    assert h.ready()["message"] == "Rendered 15 bytes from 1 files: as sent"
+    ea = h.external_artifact()
+    assert ea is not None
+    tarball = (h.store.root / ea["status"]["artifact"]["path"]).read_bytes()
+    assert extract_tarball(tarball) == {"rendered.json": b"not JSON at all", **consumer_files}
 
 
 async def test_a_failure_keeps_the_last_good_artifact(h: Harness) -> None:

@@ -17,7 +17,7 @@ from jaas.storage.package import Package, package_rendered
 
 
 def rendered(i: int) -> Package:
-    return package_rendered(b'{\n   "n": %d\n}\n' % i)
+    return package_rendered(b'{\n   "n": %d\n}\n' % i, {"kustomization.yaml": b"k"}, "")
 
 
 def test_put_layout_and_mode(tmp_path: Path) -> None:

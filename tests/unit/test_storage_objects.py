@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 import yaml
 
+from jaas.evaluator.manifest import manifest_json, parse_output
 from jaas.storage.objects import (
     KUSTOMIZATION_FILE_NAME,
     NO_OBJECTS_RESOURCE,
     OBJECTS_FILE_NAME,
-    consumer_files,
+    consumer_files_for,
     find_objects,
 )
 
@@ -77,22 +78,35 @@ def test_problems_in_the_summary_are_capped() -> None:
     assert "not a Kubernetes object (and 2 more)), a Kustomization" in found.summary()
 
 
-def test_a_render_nested_beyond_the_recursion_limit_is_a_problem_not_a_crash() -> None:
-    deep = b"[" * 100_000 + b"]" * 100_000
-    files, found = consumer_files(deep)
+def test_a_render_nested_beyond_the_recursion_limit_is_walked_without_a_crash() -> None:
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    files, found = consumer_files_for(deep)
     assert not found.applicable
+    assert found.problems == ()
     assert NO_OBJECTS_RESOURCE.encode() in files[KUSTOMIZATION_FILE_NAME]
     walked = find_objects(json.loads(b"[" * 500 + b"]" * 500))
     assert walked.objects == ()
     assert walked.problems == ()
 
 
+def test_an_object_too_deep_to_write_out_is_a_problem_not_a_crash() -> None:
+    deep: Any = "leaf"
+    for _ in range(100_000):
+        deep = {"d": deep}
+    files, found = consumer_files_for(cm("deep", data=deep))
+    assert found.problems == ("$: nested too deeply to read as Kubernetes objects",)
+    assert sorted(files) == [KUSTOMIZATION_FILE_NAME]
+    comment = b"# rendered.json is not Kubernetes objects ($: nested too deeply"
+    assert comment in files[KUSTOMIZATION_FILE_NAME]
+
+
 def test_objects_yaml_is_a_yaml_stream_of_the_objects_in_ascii() -> None:
     objects = [cm("a", data={"k": "✓ line\u2028break\x85"}), cm("b")]
-    files, found = consumer_files(
-        json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}).encode()
-    )
+    files, found = consumer_files_for({"apiVersion": "v1", "kind": "List", "items": objects})
     assert found.applicable
+    assert found.summary() == "2 Kubernetes objects"
     stream = files[OBJECTS_FILE_NAME]
     assert stream.isascii()
     assert list(yaml.safe_load_all(stream)) == objects
@@ -104,11 +118,36 @@ def test_objects_yaml_is_a_yaml_stream_of_the_objects_in_ascii() -> None:
     }
 
 
+def test_the_evaluators_value_gives_the_files_of_rendered_json_parsed_again() -> None:
+    # The evaluator parses every number as a float; rendered.json parsed again
+    # has ints where go-jsonnet wrote integers. Both must give the same bytes.
+    text = json.dumps(
+        [
+            cm(
+                "numbers",
+                data={"n": [1, -0.0, 1e20, 0.1, 1e-7, 2.5, 1e300, 2**53 + 2, -3]},
+                spec={"replicas": 3, "ratio": 0.5, "name": "✓ \u2028", "on": True, "x": None},
+            ),
+            {"kind": "List", "apiVersion": "v1", "items": [cm("in-list")]},
+        ]
+    )
+    value = parse_output(text)
+    rendered = manifest_json(value).encode()
+    files, found = consumer_files_for(value)
+    again, found_again = consumer_files_for(json.loads(rendered))
+    assert files == again
+    assert found.summary() == found_again.summary() == "2 Kubernetes objects"
+    first = files[OBJECTS_FILE_NAME].split(b"\n---\n")[1]
+    assert b'"n":[1,0,100000000000000000000,0.1,1e-07,2.5,' in first
+    assert b'"replicas":3,' in first
+
+
 def test_without_objects_the_kustomization_names_a_missing_file_and_says_why() -> None:
-    files, _found = consumer_files(b'{"title": "dashboard"}')
+    files, found = consumer_files_for({"title": "dashboard"})
     assert sorted(files) == [KUSTOMIZATION_FILE_NAME]
     text = files[KUSTOMIZATION_FILE_NAME].decode()
     assert "# rendered.json is not Kubernetes objects ($.title: a string" in text
+    assert f"# {found.summary()}\n" in text
     assert yaml.safe_load(text)["resources"] == [NO_OBJECTS_RESOURCE]
-    empty, _ = consumer_files(b"[]")
+    empty, _ = consumer_files_for([])
     assert yaml.safe_load(empty[KUSTOMIZATION_FILE_NAME])["resources"] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -14,6 +15,7 @@ import pytest
 
 from jaas.api.reasons import Reason, ReasonError
 from jaas.sources.extract import extract_tarball
+from jaas.storage.objects import consumer_files_for
 from jaas.storage.package import (
     Package,
     build_tarball,
@@ -24,6 +26,7 @@ from jaas.storage.package import (
 
 MiB = 1 << 20
 RENDERED = b'{\n   "a": 1\n}\n'
+KUSTOMIZATION = b"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: []\n"
 
 
 def members(package: Package) -> list[tarfile.TarInfo]:
@@ -31,8 +34,14 @@ def members(package: Package) -> list[tarfile.TarInfo]:
         return tar.getmembers()
 
 
+def rendered_package(rendered: bytes = RENDERED, **caps: int) -> Package:
+    """Package ``rendered`` with the files the evaluator would send for its value."""
+    files, found = consumer_files_for(json.loads(rendered))
+    return package_rendered(rendered, files, found.summary(), **caps)
+
+
 def test_rendered_package() -> None:
-    package = package_rendered(RENDERED)
+    package = rendered_package()
     hex_revision = hashlib.sha256(RENDERED).hexdigest()
     assert package.revision == f"sha256:{hex_revision}"
     assert package.digest == "sha256:" + hashlib.sha256(package.data).hexdigest()
@@ -41,16 +50,19 @@ def test_rendered_package() -> None:
     files = extract_tarball(package.data)
     assert files["rendered.json"] == RENDERED
     assert [m.name for m in members(package)] == ["kustomization.yaml", "rendered.json"]
-    assert package.objects is not None
-    assert package.objects.problems == ("$.a: a number, not a Kubernetes object",)
+    assert package.objects_summary == (
+        "rendered.json is not Kubernetes objects ($.a: a number, not a Kubernetes object), "
+        "a Kustomization of this artifact fails"
+    )
 
 
 def test_a_render_of_objects_ships_them_for_kustomize_and_keeps_its_revision() -> None:
     rendered = (
         b'{\n   "apiVersion": "v1",\n   "kind": "ConfigMap",\n   "metadata": {"name": "x"}\n}\n'
     )
-    package = package_rendered(rendered)
+    package = rendered_package(rendered)
     assert package.revision == "sha256:" + hashlib.sha256(rendered).hexdigest()
+    assert package.objects_summary == "1 Kubernetes object"
     files = extract_tarball(package.data)
     assert sorted(files) == ["kustomization.yaml", "objects.yaml", "rendered.json"]
     assert files["rendered.json"] == rendered
@@ -58,6 +70,25 @@ def test_a_render_of_objects_ships_them_for_kustomize_and_keeps_its_revision() -
         b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}' in files["objects.yaml"]
     )
     assert b'- "objects.yaml"' in files["kustomization.yaml"]
+
+
+def test_packaging_a_render_parses_nothing() -> None:
+    # The consumer files and the summary come from the evaluator as they are:
+    # rendered.json need not even be JSON here.
+    rendered = b"not JSON \xff" * 1000
+    given = {"kustomization.yaml": KUSTOMIZATION, "objects.yaml": b"---\n{}\n"}
+    package = package_rendered(rendered, given, "as the evaluator said")
+    assert extract_tarball(package.data) == {"rendered.json": rendered, **given}
+    assert package.revision == "sha256:" + hashlib.sha256(rendered).hexdigest()
+    assert package.objects_summary == "as the evaluator said"
+    # The files add to the tarball, not to the revision.
+    assert package_rendered(rendered, {}, "").revision == package.revision
+
+
+@pytest.mark.parametrize("name", ["rendered.json", "../x.yaml", ".hidden.yaml", "a//b.yaml"])
+def test_a_consumer_file_cannot_replace_rendered_json_or_escape(name: str) -> None:
+    with pytest.raises(ValueError, match=r"cannot be published beside rendered\.json"):
+        package_rendered(RENDERED, {name: b"x"}, "")
 
 
 def test_source_package_and_revision() -> None:
@@ -94,7 +125,7 @@ def test_pax_header_for_long_names() -> None:
 
 
 def test_gzip_header_is_fixed() -> None:
-    data = package_rendered(RENDERED).data
+    data = rendered_package().data
     assert data[:4] == b"\x1f\x8b\x08\x00"  # magic, deflate, no FNAME/FCOMMENT/FEXTRA
     assert data[4:8] == b"\x00\x00\x00\x00"  # mtime 0
     assert data[9] == 0xFF  # OS unknown, as Go writes
@@ -105,14 +136,14 @@ def test_same_input_same_bytes() -> None:
     files = {f"f{i}.json": (b"%d" % i) * 1000 for i in range(20)}
     assert package_sources(files) == package_sources(dict(reversed(files.items())))
     assert build_tarball(files) == build_tarball(files)
-    assert package_rendered(RENDERED) == package_rendered(RENDERED)
-    assert package_rendered(RENDERED + b" ") != package_rendered(RENDERED)
+    assert rendered_package() == rendered_package()
+    assert rendered_package(RENDERED + b" ") != rendered_package()
 
 
 def test_same_bytes_in_another_process() -> None:
     program = (
         "import sys; from jaas.storage.package import package_rendered, package_sources\n"
-        "print(package_rendered(sys.argv[1].encode()).digest)\n"
+        "print(package_rendered(sys.argv[1].encode(), {'k.yaml': b'k'}, '').digest)\n"
         "print(package_sources({'b': b'2', 'a/x': b'1'}).digest)\n"
     )
     output = subprocess.run(
@@ -123,7 +154,7 @@ def test_same_bytes_in_another_process() -> None:
         cwd=Path(__file__).resolve().parents[2],
     ).stdout.split()
     assert output == [
-        package_rendered(RENDERED).digest,
+        package_rendered(RENDERED, {"k.yaml": b"k"}, "").digest,
         package_sources({"a/x": b"1", "b": b"2"}).digest,
     ]
 
@@ -139,10 +170,12 @@ def test_gnu_tar_reads_it(tmp_path: Path) -> None:
 
 
 def test_entry_cap() -> None:
-    assert package_rendered(bytes(16 * MiB)).size > 0
+    assert package_rendered(bytes(16 * MiB), {}, "").size > 0
     with pytest.raises(ReasonError, match="per-file") as info:
-        package_rendered(bytes(16 * MiB + 1))
+        package_rendered(bytes(16 * MiB + 1), {}, "")
     assert info.value.reason is Reason.ARTIFACT_TOO_LARGE
+    with pytest.raises(ReasonError, match=r"objects\.yaml is 16777217 bytes, over the 16777216"):
+        package_rendered(RENDERED, {"objects.yaml": bytes(16 * MiB + 1)}, "")
     with pytest.raises(ReasonError, match="per-file"):
         package_sources({"a": b"", "big": bytes(16 * MiB + 1)})
 
@@ -156,9 +189,10 @@ def test_total_cap() -> None:
 
 def test_operator_cap() -> None:
     with pytest.raises(ReasonError, match="max-artifact-bytes") as info:
-        package_rendered(RENDERED, max_artifact_bytes=len(RENDERED) - 1)
+        rendered_package(max_artifact_bytes=len(RENDERED) - 1)
     assert info.value.reason is Reason.ARTIFACT_TOO_LARGE
-    assert package_rendered(RENDERED, max_artifact_bytes=len(RENDERED)).size > 0
+    # The operator's cap is on rendered.json: the files beside it do not count.
+    assert rendered_package(max_artifact_bytes=len(RENDERED)).size > 0
     with pytest.raises(ReasonError, match="max-artifact-bytes"):
         package_sources({"a": b"12", "b": b"34"}, max_artifact_bytes=3)
 

@@ -31,7 +31,7 @@ class Served:
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     root = tmp_path / "store"
     store = LocalStore(root)
-    package = package_rendered(b'{\n   "served": true\n}\n' * 50)
+    package = package_rendered(b'{\n   "served": true\n}\n' * 50, {}, "")
     rel = store.put("team-a", "snip", package).path
     (root / "team-a" / "snip" / "notes.txt").write_text("not an artifact")
     (root / "team-a" / "snip" / ".hidden.tar.gz").write_bytes(package.data)
