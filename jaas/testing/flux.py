@@ -4,7 +4,9 @@
 an aiohttp server on 127.0.0.1 under source-controller's storage layout,
 ``/<kind lowercased>/<namespace>/<name>/<file>`` (``fluxcd/pkg`` ``artifact/storage``).
 Its ``publish_*`` methods create or update a ``source.toolkit.fluxcd.io/v1``
-object through the real API (so the object must pass Flux's CRD schema) and
+object through the real API (so the object must pass Flux's CRD schema),
+labelled as Flux shard :data:`PUBLISHER_SHARD` so that a real source-controller
+in the same cluster does not reconcile it, and
 then set ``status.artifact``, ``status.conditions`` (``Ready=True``, reason
 ``Succeeded``) and ``status.observedGeneration`` through the status subresource,
 as source-controller does after a successful reconcile.
@@ -50,6 +52,7 @@ from jaas.api.constants import (
     SOURCE_KIND_PLURALS,
 )
 from jaas.sources.digest import sha256_digest
+from jaas.testing.fluxcontrollers import SHARD_LABEL
 from jaas.testing.registry import build_flux_artifact
 
 #: ``spec.interval`` written on the sources this module creates.
@@ -58,6 +61,10 @@ SOURCE_INTERVAL = "1m"
 GIT_IDENTITY = ("jaas-py tests", "tests@jaas-py.invalid")
 #: Author and committer date of every such commit (fixed, so shas are reproducible).
 GIT_DATE = "2026-01-01T00:00:00Z"
+#: The Flux shard (value of ``sharding.fluxcd.io/key``) of every source the
+#: publisher writes: a real source-controller running beside it
+#: (:mod:`jaas.testing.fluxcontrollers`) leaves them alone.
+PUBLISHER_SHARD = "jaas-py-publisher"
 #: Reason source-controller writes on ``Ready=True``.
 SUCCEEDED = "Succeeded"
 
@@ -521,10 +528,11 @@ class FluxPublisher:
         objects = CustomObjectsApi(api)
         plural = SOURCE_KIND_PLURALS[kind]
         wanted = dict(spec) if spec is not None else _default_spec(kind, namespace, name)
+        labels = {SHARD_LABEL: PUBLISHER_SHARD}
         body = {
             "apiVersion": FLUX_SOURCE_API_VERSION,
             "kind": kind,
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
             "spec": wanted,
         }
         try:
@@ -540,6 +548,7 @@ class FluxPublisher:
                 FLUX_SOURCE_GROUP, FLUX_SOURCE_VERSION, namespace, plural, name
             )
             current["spec"] = wanted
+            current["metadata"].setdefault("labels", {}).update(labels)
             try:
                 replaced: dict[str, Any] = await objects.replace_namespaced_custom_object(
                     FLUX_SOURCE_GROUP, FLUX_SOURCE_VERSION, namespace, plural, name, current
