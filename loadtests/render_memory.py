@@ -1,7 +1,9 @@
 """Peak resident memory per process kind while the operator handles a 60 MiB render.
 
 Starts a control plane and ``jaas operator --shards 2 --evaluators 2``, then
-renders, one after the other, a small snippet (the baseline), a snippet whose
+renders, one after the other, a small snippet (the baseline), 12,000
+ConfigMaps (a 14.5 MiB ``rendered.json`` that is published, with its
+``objects.yaml`` for kustomize-controller), a snippet whose
 ``rendered.json`` would be 60 MiB (refused inside the evaluator as
 ``ArtifactTooLarge``), and the same program with ``output: source`` (the render
 must succeed, its output is discarded in the evaluator). After each it prints
@@ -27,6 +29,13 @@ from jaas.testing.tenants import TENANT_SA, grant_tenant
 from loadtests.scale_snippets import sample
 
 BIG = "std.join('', std.makeArray(%d, function(i) std.repeat('x', 1024)))"
+#: A kind: List of ConfigMaps whose rendered.json is about 14.5 MiB, under the
+#: 16 MiB per-file cap: published with objects.yaml and kustomization.yaml.
+OBJECTS = (
+    "{apiVersion: 'v1', kind: 'List', items: std.makeArray(12000, function(i) "
+    "{apiVersion: 'v1', kind: 'ConfigMap', metadata: {name: 'cm-%d' % i}, "
+    "data: {value: std.repeat('x', 1024)}})}"
+)
 
 
 async def render(
@@ -71,6 +80,7 @@ async def measure(mebibytes: int, workdir: Path) -> None:
         big = BIG % (mebibytes * 1024)
         cases: list[tuple[str, dict[str, object]]] = [
             ("small render", {"files": {"main.jsonnet": "{ a: 1 }"}}),
+            ("14.5 MiB of ConfigMaps", {"files": {"main.jsonnet": OBJECTS}}),
             (f"{mebibytes} MiB render", {"files": {"main.jsonnet": big}}),
             (
                 f"{mebibytes} MiB, output: source",
