@@ -17,8 +17,9 @@ import subprocess
 import threading
 import urllib.parse
 from pathlib import Path
-from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Self
+
+from jaas.testing.processes import Stoppable
 
 #: Seconds one ``git http-backend`` run may take before it is killed.
 BACKEND_TIMEOUT = 60.0
@@ -102,7 +103,7 @@ class _BackendHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class GitHttpServer:
+class GitHttpServer(Stoppable):
     """``git http-backend`` behind a threaded HTTP server on a free 127.0.0.1 port.
 
     Use ``with GitHttpServer(root) as git:`` or :meth:`start` / :meth:`stop`.
@@ -150,13 +151,6 @@ class GitHttpServer:
             self._thread = None
         self._server.server_close()
 
-    def __enter__(self) -> GitHttpServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
