@@ -354,3 +354,23 @@ async def test_a_source_controller_writing_other_digests_is_verified(
     source = await kube_client.get(source_path("GitRepository", namespace, "app"))
     assert source["status"]["artifact"]["digest"].startswith(f"{algorithm}:")
     assert synced["status"]["revision"].startswith("sha256:")
+
+
+async def test_an_empty_render_prunes_what_the_kustomization_applied(
+    kube_client: KubeClient, namespace: str
+) -> None:
+    await create_snippet(
+        kube_client, namespace, "app", files={"main.jsonnet": f"[{configmap('temporary')}]"}
+    )
+    await kustomize(kube_client, namespace, "app")
+    await wait_applied(kube_client, namespace, "app")
+    await kube_client.get(configmap_path(namespace, "temporary"))
+
+    await kube_client.merge_patch(
+        snippet_path(namespace, "app"), {"spec": {"files": {"main.jsonnet": "[]"}}}
+    )
+    synced = await wait_reason(kube_client, namespace, "app", "Synced", generation=2, timeout=STEP)
+    assert ready(synced)["message"].endswith(": 0 Kubernetes objects"), ready(synced)["message"]
+    await pruned(kube_client, namespace, "temporary")
+    ks = await wait_applied(kube_client, namespace, "app", synced["status"]["revision"])
+    assert ks["status"]["inventory"]["entries"] == []
