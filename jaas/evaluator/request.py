@@ -73,6 +73,8 @@ class EvaluationRequest:
         max_output_bytes: largest manifested output the caller can use; a
             larger one is refused inside the evaluator process with
             ``ArtifactTooLarge`` and never sent (0: no limit).
+        max_output_name: what that limit is, named in the refusal (e.g.
+            ``--max-artifact-bytes``).
         discard_output: the caller only needs to know that the evaluation
             succeeds (``output: source``): the result comes back with empty
             ``rendered``, so no output of any size crosses the processes.
@@ -86,6 +88,7 @@ class EvaluationRequest:
     max_stack: int = 500
     label: str = ""
     max_output_bytes: int = 0
+    max_output_name: str = ""
     discard_output: bool = False
 
     def to_frame(self) -> tuple[Header, bytes]:
@@ -97,6 +100,7 @@ class EvaluationRequest:
             "max_stack": self.max_stack,
             "label": self.label,
             "max_output_bytes": self.max_output_bytes,
+            "max_output_name": self.max_output_name,
             "discard_output": self.discard_output,
             "tlas": [[v.name, v.value, v.code] for v in self.tlas],
             "ext_vars": [[v.name, v.value, v.code] for v in self.external_variables],
@@ -127,6 +131,7 @@ class EvaluationRequest:
                 max_stack=int(header["max_stack"]),
                 label=str(header.get("label", "")),
                 max_output_bytes=int(header.get("max_output_bytes", 0)),
+                max_output_name=str(header.get("max_output_name", "")),
                 discard_output=bool(header.get("discard_output", False)),
             )
         except (KeyError, TypeError, ValueError) as err:

@@ -139,7 +139,8 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
         # Refused here, so the leader and the shard never hold the output.
         raise ReasonError(
             Reason.ARTIFACT_TOO_LARGE,
-            f"rendered.json would be {len(rendered)} bytes, over the {cap}-byte limit",
+            f"rendered.json would be {len(rendered)} bytes, over the {cap}-byte limit"
+            + (f" ({request.max_output_name})" if request.max_output_name else ""),
         )
     if request.discard_output:
         seconds = time.perf_counter() - started

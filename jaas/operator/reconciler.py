@@ -76,12 +76,7 @@ from jaas.operator.ratelimit import RateLimiter
 from jaas.operator.sourcing import Fetcher, ResolvedSource, resolve_source
 from jaas.operator.tenancy import TokenCache, service_account_of, tenant_client
 from jaas.sources.extract import MAX_ENTRY_BYTES
-from jaas.storage.package import (
-    RENDERED_FILE_NAME,
-    Package,
-    package_rendered,
-    package_sources,
-)
+from jaas.storage.package import Package, package_rendered, package_sources
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("jaas")
@@ -539,6 +534,11 @@ class SnippetReconciler:
                 max_stack=self.options.max_stack,
                 label=f"{meta['namespace']}/{meta['name']}",
                 max_output_bytes=cap,
+                max_output_name=(
+                    "--max-artifact-bytes"
+                    if cap == self.options.max_artifact_bytes
+                    else "the most one file consumers can extract"
+                ),
                 discard_output=spec.output != "rendered",
             )
             try:
@@ -546,18 +546,9 @@ class SnippetReconciler:
             except ReasonError as err:
                 if err.reason is not Reason.ARTIFACT_TOO_LARGE:
                     raise
-                message = err.message
-                if message.startswith(f"{RENDERED_FILE_NAME} would be"):
-                    # The worker's refusal against ``cap`` names no limit; the others do.
-                    limit = (
-                        "--max-artifact-bytes"
-                        if cap == self.options.max_artifact_bytes
-                        else "the most one file consumers can extract"
-                    )
-                    message += f" ({limit})"
                 raise ReasonError(
                     Reason.ARTIFACT_TOO_LARGE,
-                    f"{message}; refused in the evaluator, nothing published",
+                    f"{err.message}; refused in the evaluator, nothing published",
                 ) from err
             span.set_attribute("jaas.eval.renderedBytes", result.size)
             return result

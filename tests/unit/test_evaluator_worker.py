@@ -186,7 +186,7 @@ def test_a_consumer_file_over_the_per_file_cap_is_refused_in_the_evaluator() -> 
         evaluate_here(request)
     assert info.value.reason is Reason.ARTIFACT_TOO_LARGE
     assert info.value.message == (
-        "objects.yaml (written beside rendered.json for kustomize) would be 17400206 bytes, "
+        "objects.yaml (written beside rendered.json for kustomize) would be 17400183 bytes, "
         "over the 16777216-byte per-file limit consumers can extract"
     )
 

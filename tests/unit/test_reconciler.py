@@ -496,7 +496,7 @@ async def test_a_file_for_kustomize_over_the_per_file_cap_is_refused_naming_that
     h.snippet(files={"main.jsonnet": program})
     assert await h.reason() == "ArtifactTooLarge"
     assert h.ready()["message"] == (
-        "objects.yaml (written beside rendered.json for kustomize) would be 17400206 bytes, "
+        "objects.yaml (written beside rendered.json for kustomize) would be 17400183 bytes, "
         "over the 16777216-byte per-file limit consumers can extract; refused in the "
         "evaluator, nothing published"
     )
