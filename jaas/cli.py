@@ -16,6 +16,7 @@ from pathlib import Path
 
 from jaas import __version__, defaults
 from jaas.api.models import format_duration
+from jaas.evaluator.engines import ENGINES
 from jaas.operator.ratelimit import parse_rate
 from jaas.options import (
     OperatorOptions,
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="address-space limit (RLIMIT_AS) of an evaluator process; 0 disables",
     )
     op.add_argument("--max-stack", type=int, default=d.max_stack, help="Jsonnet call depth limit")
+    op.add_argument(
+        "--engine",
+        choices=sorted(ENGINES),
+        default=d.engine,
+        help="Jsonnet engine of the evaluator processes (docs/engines.md)",
+    )
     op.add_argument(
         "--library-path",
         dest="library_paths",

@@ -25,6 +25,9 @@ EVALUATION_TIMEOUT: Final = 5.0
 EVALUATION_MEMORY_LIMIT: Final = 2 * GiB
 #: ``--max-stack`` (JaaS: 500): Jsonnet call depth limit.
 MAX_STACK: Final = 500
+#: ``--engine``: the Jsonnet engine of every evaluator process
+#: (``jaas.evaluator.engines``).
+ENGINE: Final = "rjsonnet"
 
 # --- servers --------------------------------------------------------------------------
 STORAGE_LISTEN_ADDRESS: Final = "0.0.0.0"

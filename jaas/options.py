@@ -81,6 +81,7 @@ class OperatorOptions:
     evaluation_timeout: float = defaults.EVALUATION_TIMEOUT
     evaluation_memory_limit: int = defaults.EVALUATION_MEMORY_LIMIT
     max_stack: int = defaults.MAX_STACK
+    engine: str = defaults.ENGINE
     #: Artifacts are fetched by Flux controllers in other pods, so listen on every interface.
     storage_listen_address: str = defaults.STORAGE_LISTEN_ADDRESS
     storage_port: int = defaults.STORAGE_PORT

@@ -115,7 +115,7 @@ def user_facing(message: str, max_frames: int = MAX_FRAMES) -> str:
 
 
 class InMemoryImporter:
-    """rjsonnet ``import_callback`` over the snippet's files and its libraries.
+    """The ``import_callback`` of every engine, over the snippet's files and its libraries.
 
     Args:
         files: the snippet's files, ``{relative path: content}``.
@@ -123,10 +123,12 @@ class InMemoryImporter:
             the snippet's own libraries and the shared ones, already merged
             (``jaas.evaluator.worker.with_shared_libraries``).
 
-    Call the instance as ``importer(base_dir, rel) -> (virtual path, text)``;
-    it raises ``ImportResolutionError`` for a missing file or content that is
-    not UTF-8 (rjsonnet's callback must return ``str``, so ``importbin`` of
-    binary content is not possible through it).
+    :meth:`resolve` ``(base_dir, rel) -> (virtual path, bytes)`` serves
+    engines that take bytes (jaas-jrsonnet, go-jsonnet: ``importbin`` of
+    binary files works). Calling the instance, ``importer(base_dir, rel) ->
+    (virtual path, text)``, serves rjsonnet, whose callback must return
+    ``str``: it raises ``ImportResolutionError`` for content that is not UTF-8.
+    Both raise ``ImportResolutionError`` when nothing matches.
     """
 
     def __init__(self, files: Files, libraries: Mapping[str, Files] | None = None) -> None:
@@ -141,10 +143,35 @@ class InMemoryImporter:
         return _SNIPPET_PREFIX + clean_path(entry_file)
 
     def __call__(self, base_dir: str, rel: str) -> tuple[str, str]:
-        """Resolve ``rel`` imported from a file in ``base_dir``; see the module docstring.
+        """Resolve ``rel`` imported from a file in ``base_dir`` to UTF-8 text (rjsonnet).
 
         Raises:
             ImportResolutionError: nothing matches, or the file is not UTF-8.
+        """
+        virtual, content = self.resolve(base_dir, rel)
+        text = self._decoded.get(virtual)
+        if text is None:
+            try:
+                text = content.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ImportResolutionError(
+                    f"{self.user_path(virtual)} is not valid UTF-8 text (byte "
+                    f"{err.start}); import and importstr need UTF-8, and this engine "
+                    "cannot importbin binary files"
+                ) from None
+            self._decoded[virtual] = text
+        return virtual, text
+
+    def resolve(self, base_dir: str, rel: str) -> tuple[str, bytes]:
+        """Resolve ``rel`` imported from a file in ``base_dir``; see the module docstring.
+
+        The entry file is asked for as ``(".", <its virtual path>)``.
+
+        Returns:
+            The file's virtual path and its content.
+
+        Raises:
+            ImportResolutionError: nothing matches.
         """
         if rel.startswith(_SNIPPET_PREFIX) and not self._is_virtual(base_dir):
             # The entry file: rjsonnet asks for it as ("." , the path it was given).
@@ -229,17 +256,13 @@ class InMemoryImporter:
             return "the snippet's top directory"
         return cls._user_name(alias, directory).rstrip("/") + "/"
 
-    def _load(self, alias: str | None, path: str) -> tuple[str, str]:
+    def _load(self, alias: str | None, path: str) -> tuple[str, bytes]:
         virtual = _SNIPPET_PREFIX + path if alias is None else f"{_LIBRARY_PREFIX}{alias}/{path}"
-        text = self._decoded.get(virtual)
-        if text is None:
-            try:
-                text = self._root(alias)[path].decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ImportResolutionError(
-                    f"{self._user_name(alias, path)} is not valid UTF-8 text (byte "
-                    f"{err.start}); import and importstr need UTF-8, and importbin of "
-                    "binary files is not supported"
-                ) from None
-            self._decoded[virtual] = text
-        return virtual, text
+        return virtual, self._root(alias)[path]
+
+    @staticmethod
+    def user_path(virtual: str) -> str:
+        """A virtual path as the user names the file (``main.jsonnet``, ``<alias>/x.libsonnet``)."""
+        if virtual.startswith(_SNIPPET_PREFIX):
+            return virtual[len(_SNIPPET_PREFIX) :]
+        return virtual.removeprefix(_LIBRARY_PREFIX)

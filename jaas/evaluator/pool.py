@@ -171,6 +171,7 @@ class EvaluatorPool:
         stack_size: int = DEFAULT_STACK_SIZE,
         shared_libraries: Mapping[str, Mapping[str, bytes]] | None = None,
         flow: Callable[[str], Hashable] | None = label_namespace,
+        engine: str = defaults.ENGINE,
     ) -> None:
         if size < 1:
             raise ValueError(f"evaluator pool size must be at least 1, got {size}")
@@ -181,6 +182,8 @@ class EvaluatorPool:
         self.memory_limit = memory_limit
         self.max_stack = max_stack or DEFAULT_MAX_STACK
         self.stack_size = stack_size
+        #: The Jsonnet engine of every worker (``jaas.evaluator.engines``).
+        self.engine = engine
         #: Aliases of the shared libraries every worker holds.
         self.shared_aliases = frozenset(shared_libraries or ())
         self._library_frames = self._encode_libraries(shared_libraries or {})
@@ -383,6 +386,8 @@ class EvaluatorPool:
             str(os.getpid()),
             "--stack-size",
             str(self.stack_size),
+            "--engine",
+            self.engine,
         )
         if self.memory_limit:
             command += ["--memory-limit", str(self.memory_limit)]

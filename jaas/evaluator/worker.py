@@ -1,14 +1,13 @@
 """The evaluator process: evaluates Jsonnet requests received on an inherited socket.
 
-Run by ``EvaluatorPool`` as ``python -m jaas.evaluator.worker --fd N ...``. rjsonnet
-holds the GIL for a whole evaluation and cannot be interrupted, and some inputs
-crash it (SIGSEGV, SIGABRT at the memory cap, Rust panics), so evaluation lives
-in this separate, expendable process with a plain blocking loop: no event loop,
-no Python signal handler (only a signal's default action or SIGKILL can stop an
-evaluation, and the pool relies on that). Each request is evaluated in a fresh
-thread with a large stack (legitimate deep recursion then behaves as in
-go-jsonnet), with ``gc=False`` and ``rjsonnet.gc()`` afterwards (fast repeated
-calls, flat memory; see shared/reference/evaluator.md), then checked and
+Run by ``EvaluatorPool`` as ``python -m jaas.evaluator.worker --fd N --engine E
+...``. A Jsonnet engine (``jaas.evaluator.engines``) cannot be interrupted, and
+some inputs crash one (SIGSEGV, SIGABRT at the memory cap, Rust panics), so
+evaluation lives in this separate, expendable process with a plain blocking
+loop: no event loop, no Python signal handler (only a signal's default action
+or SIGKILL can stop an evaluation, and the pool relies on that). Each request
+is evaluated in a fresh thread with a large stack (legitimate deep recursion
+then behaves as in go-jsonnet), then checked and
 re-serialised in go-jsonnet's format here, so the CPU cost stays out of the
 parent. From the same parsed value the worker also computes the files
 published beside ``rendered.json`` for Flux's kustomize-controller
@@ -43,12 +42,12 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import rjsonnet
-
+from jaas import defaults
 from jaas.api.reasons import Reason, ReasonError
+from jaas.evaluator.engines import Engine, EngineUnavailable, Inputs, load_engine
 from jaas.evaluator.importer import InMemoryImporter, user_facing
 from jaas.evaluator.manifest import OutputError, manifest_json, parse_output
 from jaas.evaluator.request import (
@@ -72,9 +71,21 @@ _RECURSION_HEADROOM = 100
 _MAX_RECURSION_LIMIT = 1_000_000
 _PR_SET_PDEATHSIG = 1
 
-# rjsonnet's stub lacks the ``gc`` keyword and ``rjsonnet.gc()`` (both exist in 0.5.6).
-_evaluate_file: Callable[..., str] = rjsonnet.evaluate_file
-_collect_garbage: Callable[[], None] = rjsonnet.gc  # type: ignore[attr-defined]
+#: This process's engine (``--engine``), loaded once by :func:`engine`.
+_engine: Engine | None = None
+
+
+def engine(name: str = defaults.ENGINE) -> Engine:
+    """The process's engine: the first call loads ``name``, later calls return it.
+
+    Raises:
+        ValueError: an unknown engine name.
+        EngineUnavailable: its module is not installed.
+    """
+    global _engine
+    if _engine is None:
+        _engine = load_engine(name)
+    return _engine
 
 
 @dataclass
@@ -87,8 +98,10 @@ class _Outcome:
     reason: Reason = Reason.EVALUATION_FAILED
 
 
-def evaluate(request: EvaluationRequest) -> EvaluationResult:
+def evaluate(request: EvaluationRequest, using: Engine | None = None) -> EvaluationResult:
     """Evaluate a request in the calling thread and return the result to send.
+
+    ``using`` is the engine (default: this process's, :func:`engine`).
 
     Returns:
         The output in go-jsonnet's format (UTF-8, trailing newline) with the
@@ -98,35 +111,25 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
         output's length (``discarded_bytes``), no output and no files.
 
     Raises:
-        RuntimeError: rjsonnet reported a Jsonnet error (message as rjsonnet wrote it).
+        RuntimeError: the engine reported a Jsonnet error (message as it wrote it).
         OutputError: the output is not valid JSON or nests deeper than ``max_stack``.
         ReasonError: ``ArtifactTooLarge``: the output is over
             ``request.max_output_bytes`` (checked before the consumer files
             are computed), or a file to send is over the 16 MiB per-file
             limit consumers can extract (all of them over 64 MiB).
-        BaseException: rjsonnet panicked (``pyo3_runtime.PanicException``).
+        BaseException: the engine panicked (``pyo3_runtime.PanicException``).
     """
     started = time.perf_counter()
     importer = InMemoryImporter(request.files, request.libraries)
-    ext_vars = {v.name: v.value for v in request.external_variables if not v.code}
-    ext_codes = {v.name: v.value for v in request.external_variables if v.code}
-    tla_vars = {v.name: v.value for v in request.tlas if not v.code}
-    tla_codes = {v.name: v.value for v in request.tlas if v.code}
-    try:
-        text = _evaluate_file(
-            importer.entry_path(request.entry_file),
-            max_stack=request.max_stack,
-            ext_vars=ext_vars,
-            ext_codes=ext_codes,
-            tla_vars=tla_vars,
-            tla_codes=tla_codes,
-            import_callback=importer,
-            gc=False,
-        )
-    finally:
-        # gc=False skips rjsonnet's per-call collection; without this call every
-        # evaluation would leak its cyclic garbage (thread-local to this thread).
-        _collect_garbage()
+    inputs = Inputs(
+        entry_path=importer.entry_path(request.entry_file),
+        tla_vars={v.name: v.value for v in request.tlas if not v.code},
+        tla_codes={v.name: v.value for v in request.tlas if v.code},
+        ext_vars={v.name: v.value for v in request.external_variables if not v.code},
+        ext_codes={v.name: v.value for v in request.external_variables if v.code},
+        max_stack=request.max_stack,
+    )
+    text = (using or engine()).evaluate(inputs, importer)
     # The parser and the manifester recurse once per nesting level: allow
     # max_stack levels, as go-jsonnet does, and no more.
     limit = min(_MAX_RECURSION_LIMIT, max(1000, request.max_stack + _RECURSION_HEADROOM))
@@ -210,7 +213,7 @@ def _evaluate_outcome(request: EvaluationRequest) -> _Outcome:
         return _Outcome(
             message=(
                 f"the Jsonnet evaluator failed on {entry} with an internal error "
-                f"({kind}: {detail}); this input triggers a bug in rjsonnet"
+                f"({kind}: {detail}); this input triggers a bug in {engine().version()}"
             ),
             retire=True,
         )
@@ -282,7 +285,7 @@ def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
     """Answer ``evaluate`` frames on ``sock`` until it closes; return the exit status.
 
     Sends one ``ready`` frame first, after a tiny self-test evaluation (which
-    also warms rjsonnet up). A ``libraries`` frame adds (or replaces, per
+    also warms the engine up). A ``libraries`` frame adds (or replaces, per
     alias) shared libraries for all later requests and is answered with a
     ``loaded`` frame listing every shared alias held. Returns 0 when the
     parent closes the socket, 1 after an evaluation that retires the worker,
@@ -358,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory-limit", type=int, default=0, help="RLIMIT_AS bytes, 0 = none")
     parser.add_argument("--cpu-limit", type=int, default=0, help="CPU seconds per evaluation")
     parser.add_argument("--stack-size", type=int, default=DEFAULT_STACK_SIZE, help="bytes")
+    parser.add_argument("--engine", default=defaults.ENGINE, help="Jsonnet engine")
     args = parser.parse_args(argv)
 
     # Ctrl-C in a terminal signals the whole process group; the parent decides
@@ -368,6 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (args.memory_limit, args.memory_limit))
     threading.stack_size(args.stack_size)
+    try:
+        engine(args.engine)
+    except (ValueError, EngineUnavailable) as err:
+        print(f"jaas evaluator: {err}", file=sys.stderr)
+        return 4
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
     try:

@@ -67,6 +67,7 @@ class Leader:
             memory_limit=options.evaluation_memory_limit or None,
             max_stack=options.max_stack,
             shared_libraries=shared_libraries,
+            engine=options.engine,
         )
         self.endpoint = ShardEndpoint(
             runtime_dir / "leader.sock",
