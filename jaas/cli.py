@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--evaluation-timeout",
         type=duration_flag,
         default=format_duration(d.evaluation_timeout),
-        help="wall-clock limit of one evaluation; the evaluator is killed at it",
+        help=f"CPU time one evaluation may use (and {defaults.EVALUATION_WALL_CLOCK_FACTOR}x as "
+        "much wall-clock time); the evaluator is killed at it",
     )
     op.add_argument(
         "--evaluation-memory-limit",

@@ -13,8 +13,12 @@ MiB: Final = 1024 * KiB
 GiB: Final = 1024 * MiB
 
 # --- evaluation -----------------------------------------------------------------------
-#: ``--evaluation-timeout`` (JaaS: 5s); the evaluator process is killed at it.
+#: ``--evaluation-timeout`` (JaaS: 5s, wall clock): CPU seconds an evaluation may
+#: use; the evaluator process is killed at it.
 EVALUATION_TIMEOUT: Final = 5.0
+#: An evaluation is also killed after this many times ``--evaluation-timeout`` of
+#: wall-clock time (a program that blocks, or an evaluator starved of CPU).
+EVALUATION_WALL_CLOCK_FACTOR: Final = 4
 #: ``--evaluation-memory-limit``: RLIMIT_AS of one evaluator process. RLIMIT_AS
 #: counts virtual memory: about 100 MiB for the interpreter and rjsonnet, the
 #: 256 MiB evaluation-thread stack (reserved, mostly untouched), and the

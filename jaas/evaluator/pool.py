@@ -7,8 +7,11 @@ for a free worker. Workers are fresh interpreters started as asyncio
 subprocesses and talk ``jaas.ipc`` frames over a socketpair (never forked from
 the event-loop process). The pool
 
-* enforces the wall-clock timeout by SIGKILL of the worker and raises
-  ``EvaluationTimeout`` with JaaS's text ``evaluation exceeded <duration>``;
+* enforces the timeout in the worker's own CPU time (so load elsewhere on the
+  machine does not turn a good program into a timeout), with a wall-clock
+  backstop of ``WALL_CLOCK_FACTOR`` × the timeout, by SIGKILL of the worker,
+  and raises ``EvaluationTimeout`` with JaaS's text ``evaluation exceeded
+  <duration>``; the time a request waits for a free worker is not counted;
 * caps each worker's address space (``RLIMIT_AS``): a runaway evaluation aborts
   its worker instead of the node running out of memory;
 * reports a worker that dies (SIGSEGV on deep recursion or deep data, SIGABRT
@@ -63,6 +66,7 @@ from jaas.evaluator.request import (
 )
 from jaas.fairqueue import FairQueue
 from jaas.ipc import FrameError, Header, encode_frame, read_frame, write_frame
+from jaas.observability.memory import cpu_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +78,16 @@ DEFAULT_MAX_STACK = defaults.MAX_STACK
 STARTUP_TIMEOUT = 60.0
 #: Bytes of each worker's stderr kept to explain a crash.
 _STDERR_TAIL = 8192
+#: Seconds between two samples of a busy worker's CPU time.
+CPU_POLL_SECONDS = 0.05
+#: An evaluation gets this many times its CPU-time limit in wall-clock time.
+WALL_CLOCK_FACTOR = defaults.EVALUATION_WALL_CLOCK_FACTOR
 #: Back-off between failed attempts to start a replacement worker, seconds.
 _RESPAWN_BACKOFF = Backoff(0.1, 5.0, factor=4.0)
+
+
+class _Overrun(Exception):
+    """An evaluation passed its CPU-time or wall-clock limit."""
 
 
 def label_namespace(label: str) -> str:
@@ -126,9 +138,11 @@ class EvaluatorPool:
 
     Args:
         size: number of worker processes (each evaluates one request at a time).
-        timeout: wall-clock seconds per evaluation, from sending the request to
-            the result (queueing for a worker excluded); ``0`` or ``None``
-            disables it (JaaS ``--evaluation-timeout``, default 5s).
+        timeout: CPU seconds the worker may use for one evaluation, from
+            sending the request to the result (queueing for a worker
+            excluded), and ``WALL_CLOCK_FACTOR`` times as many wall-clock
+            seconds; ``0`` or ``None`` disables both (JaaS
+            ``--evaluation-timeout``, default 5s, wall clock there).
         memory_limit: ``RLIMIT_AS`` of each worker in bytes, ``None`` or ``0``
             for no limit; see ``DEFAULT_MEMORY_LIMIT``.
         max_stack: Jsonnet stack depth for every evaluation (JaaS
@@ -318,21 +332,17 @@ class EvaluatorPool:
         worker = await self._acquire(flow)
         self.evaluations += 1
         try:
-            async with asyncio.timeout(self.timeout):
-                write_frame(worker.writer, header, payload)
-                del payload
-                await worker.writer.drain()
-                frame = await read_frame(worker.reader)
-        except TimeoutError:
+            write_frame(worker.writer, header, payload)
+            del payload
+            await worker.writer.drain()
+            frame = await self._reply(worker)
+        except _Overrun as overrun:
             self.timeouts += 1
             self._retire(worker)
             logger.warning(
-                "evaluation of %s exceeded %ss in worker %d; killed it",
-                label,
-                self.timeout,
-                worker.pid,
+                "evaluation of %s in worker %d: %s; killed it", label, worker.pid, overrun
             )
-            raise ReasonError(Reason.EVALUATION_TIMEOUT, self._timeout_message()) from None
+            raise ReasonError(Reason.EVALUATION_TIMEOUT, str(overrun)) from None
         except (FrameError, OSError):
             frame = None
         except BaseException:
@@ -361,6 +371,41 @@ class EvaluatorPool:
             raise ReasonError(reason, str(reply.get("message", "")))
         self._retire(worker)
         raise RuntimeError(f"evaluator worker {worker.pid} sent an unexpected {kind!r} frame")
+
+    async def _reply(self, worker: _Worker) -> tuple[Header, bytes] | None:
+        """The worker's answer, watched against the evaluation's time limits.
+
+        The limit is ``timeout`` seconds of the worker's own CPU time (all its
+        threads, from ``/proc``), sampled every :data:`CPU_POLL_SECONDS`, so
+        a busy machine slows an evaluation down without failing it; a worker
+        that uses no CPU (blocked, or starved) is stopped after
+        :data:`WALL_CLOCK_FACTOR` × ``timeout`` of wall-clock time.
+
+        Raises:
+            _Overrun: a limit was passed (the message is the Ready message).
+        """
+        if self.timeout is None:
+            return await read_frame(worker.reader)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        cpu_before = cpu_seconds(worker.pid) or 0.0
+        reading = asyncio.ensure_future(read_frame(worker.reader))
+        try:
+            while True:
+                done, _ = await asyncio.wait({reading}, timeout=CPU_POLL_SECONDS)
+                if done:
+                    return reading.result()
+                used = (cpu_seconds(worker.pid) or cpu_before) - cpu_before
+                if used > self.timeout:
+                    raise _Overrun(self._timeout_message())
+                if loop.time() - started > self.timeout * WALL_CLOCK_FACTOR:
+                    raise _Overrun(
+                        f"{self._timeout_message()}: no result after "
+                        f"{format_duration(self.timeout * WALL_CLOCK_FACTOR)} of wall-clock "
+                        f"time ({WALL_CLOCK_FACTOR} × --evaluation-timeout)"
+                    )
+        finally:
+            reading.cancel()
 
     # -- workers -----------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -581,3 +582,35 @@ async def test_the_result_carries_the_files_for_kustomize_and_is_returned_encode
     assert header["files"] == [[name, len(c)] for name, c in result.consumer_files.items()]
     assert payload == result.rendered + b"".join(result.consumer_files.values())
     assert EvaluationResult.from_frame(header, payload).consumer_files == result.consumer_files
+
+
+async def stop_while_evaluating(pool: EvaluatorPool, pause: float) -> EvaluationResult:
+    """Evaluate a ~0.7 s program on a one-worker pool, SIGSTOPping it for ``pause`` s meanwhile."""
+    await until_full(pool)
+    (worker,) = pool.worker_pids
+    evaluation = asyncio.ensure_future(
+        pool.evaluate(snippet("std.foldl(function(a, b) a + b, std.range(1, 3000000), 0)"))
+    )
+    await eventually(lambda: pool.busy == 1)
+    os.kill(worker, signal.SIGSTOP)
+    await asyncio.sleep(pause)
+    with contextlib.suppress(ProcessLookupError):  # killed meanwhile: the wall clock ran out
+        os.kill(worker, signal.SIGCONT)
+    return await evaluation
+
+
+async def test_the_timeout_counts_cpu_time_not_time_spent_stopped() -> None:
+    async with EvaluatorPool(1, timeout=2.0, memory_limit=1 * GiB) as single:
+        result = await stop_while_evaluating(single, pause=3.0)  # past 2 s of wall clock
+    assert result.rendered == b"4500001500000\n"
+    assert single.timeouts == 0
+
+
+async def test_a_worker_that_makes_no_progress_is_stopped_by_the_wall_clock() -> None:
+    async with EvaluatorPool(1, timeout=1.0, memory_limit=1 * GiB) as single:
+        with pytest.raises(ReasonError) as caught:
+            await stop_while_evaluating(single, pause=5.0)  # past 4 × the timeout
+    assert caught.value.reason is Reason.EVALUATION_TIMEOUT
+    assert caught.value.message == (
+        "evaluation exceeded 1s: no result after 4s of wall-clock time (4 × --evaluation-timeout)"
+    )
