@@ -29,6 +29,12 @@ EVALUATION_WALL_CLOCK_FACTOR: Final = 4
 EVALUATION_MEMORY_LIMIT: Final = 2 * GiB
 #: ``--max-stack`` (JaaS: 500): Jsonnet call depth limit.
 MAX_STACK: Final = 500
+#: Requests that may wait for a free evaluator, over all namespaces and per
+#: namespace; beyond either the pool answers "busy" and the shard requeues the
+#: snippet after ``EVALUATOR_BUSY_REQUEUE`` seconds instead of queueing it.
+EVALUATION_QUEUE_LIMIT: Final = 256
+EVALUATION_QUEUE_LIMIT_PER_NAMESPACE: Final = 16
+EVALUATOR_BUSY_REQUEUE: Final = 1.0
 #: ``--engine``: the Jsonnet engine of every evaluator process
 #: (``jaas.evaluator.engines``).
 ENGINE: Final = "rjsonnet"

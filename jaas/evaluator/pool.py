@@ -62,6 +62,7 @@ from jaas.evaluator.request import (
     RESULT,
     EvaluationRequest,
     EvaluationResult,
+    EvaluatorBusy,
     libraries_frame,
 )
 from jaas.fairqueue import FairQueue
@@ -162,6 +163,12 @@ class EvaluatorPool:
             workers by fair turns between flows (``jaas.fairqueue``), first
             come, first served within one. The default, ``label_namespace``,
             makes each namespace a flow; ``None`` puts every request in one flow (plain FIFO).
+        engine: the Jsonnet engine of every worker (``jaas.evaluator.engines``).
+        max_waiting: requests that may wait for a worker, over all flows; one
+            more is refused with ``EvaluatorBusy`` (backpressure: the caller
+            retries later); 0 for no limit.
+        max_waiting_per_flow: the same per flow (namespace), so that one
+            namespace's backlog does not take every place in the queue.
 
     Raises:
         ValueError: ``size`` below 1, negative ``max_stack``, or a shared
@@ -186,6 +193,8 @@ class EvaluatorPool:
         shared_libraries: Mapping[str, Mapping[str, bytes]] | None = None,
         flow: Callable[[str], Hashable] | None = label_namespace,
         engine: str = defaults.ENGINE,
+        max_waiting: int = defaults.EVALUATION_QUEUE_LIMIT,
+        max_waiting_per_flow: int = defaults.EVALUATION_QUEUE_LIMIT_PER_NAMESPACE,
     ) -> None:
         if size < 1:
             raise ValueError(f"evaluator pool size must be at least 1, got {size}")
@@ -198,6 +207,11 @@ class EvaluatorPool:
         self.stack_size = stack_size
         #: The Jsonnet engine of every worker (``jaas.evaluator.engines``).
         self.engine = engine
+        #: Requests allowed to wait for a worker, in all and per flow (0: no limit).
+        self.max_waiting = max_waiting
+        self.max_waiting_per_flow = max_waiting_per_flow
+        #: Requests refused with ``EvaluatorBusy``.
+        self.refused = 0
         #: Aliases of the shared libraries every worker holds.
         self.shared_aliases = frozenset(shared_libraries or ())
         self._library_frames = self._encode_libraries(shared_libraries or {})
@@ -543,6 +557,8 @@ class EvaluatorPool:
 
         Raises:
             RuntimeError: the pool is closed (or was closed while waiting).
+            EvaluatorBusy: no worker is idle and ``max_waiting`` requests, or
+                ``max_waiting_per_flow`` of ``flow``, already wait.
         """
         if self._closed:
             raise RuntimeError("the evaluator pool is closed")
@@ -553,6 +569,14 @@ class EvaluatorPool:
                     worker.busy = True
                     self._waiters.charge(flow)  # a turn, though nobody had to wait
                     return worker
+        if (self.max_waiting and len(self._waiters) >= self.max_waiting) or (
+            self.max_waiting_per_flow and self._waiters.depth(flow) >= self.max_waiting_per_flow
+        ):
+            self.refused += 1
+            raise EvaluatorBusy(
+                f"all {self.size} evaluators are busy and {self._waiters.depth(flow)} requests "
+                f"of this namespace ({len(self._waiters)} in all) are already waiting"
+            )
         waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
         self._waiters.push(flow, waiter)
         try:

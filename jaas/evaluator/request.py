@@ -56,6 +56,13 @@ Files = Mapping[str, bytes]
 DEFAULT_STACK_SIZE = 256 * 1024 * 1024
 
 
+class EvaluatorBusy(Exception):
+    """Every worker is busy and the request's flow, or the pool, has as many waiting as allowed.
+
+    Not a failure of the snippet: the caller asks again later (backpressure).
+    """
+
+
 @dataclass(frozen=True)
 class EvaluationRequest:
     """One Jsonnet evaluation.

@@ -59,7 +59,7 @@ OWNED_NAMESPACES = Gauge(
 )
 EVALUATIONS_TOTAL = Counter(
     "jaas_evaluations_total",
-    "Evaluations by the evaluator pool, by result (ok, failed, timeout).",
+    "Evaluations by the evaluator pool, by result (ok, failed, timeout, busy: refused to queue).",
     ["result"],
 )
 EVALUATION_SECONDS = Histogram(

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import aiohttp
 from opentelemetry import trace
 
+from jaas import defaults
 from jaas.api.conditions import find_condition, now_rfc3339, set_condition
 from jaas.api.constants import (
     EXTERNAL_ARTIFACT_KIND,
@@ -63,7 +64,7 @@ from jaas.api.constants import (
 )
 from jaas.api.models import JsonnetVariable, SnippetSpec, parse_snippet_spec
 from jaas.api.reasons import Reason, ReasonError
-from jaas.evaluator.request import EvaluationRequest, EvaluationResult
+from jaas.evaluator.request import EvaluationRequest, EvaluationResult, EvaluatorBusy
 from jaas.observability import metrics
 from jaas.operator.cycles import find_cycle
 from jaas.operator.denials import denied
@@ -316,7 +317,11 @@ class SnippetReconciler:
             tenant = await self.identity(obj, spec)
             source = await self.resolve_source(obj, spec, tenant)
             libraries = await self.resolve_libraries(obj, spec, tenant)
-            result = await self.evaluate(obj, spec, source, libraries)
+            try:
+                result = await self.evaluate(obj, spec, source, libraries)
+            except EvaluatorBusy:
+                # Backpressure, not a failure: the status stays as it is.
+                return Result("EvaluatorBusy", requeue_after=defaults.EVALUATOR_BUSY_REQUEUE)
             package = await self.package(spec, source, result)
             return await self.commit(obj, spec, tenant, source, result, package, fresh=fresh)
         except ReasonError as err:

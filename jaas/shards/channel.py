@@ -9,7 +9,9 @@ shard → leader
     ``{"op": "evaluate", "id": n, "request": {...}}`` + payload for each evaluation.
 leader → shard
     ``{"op": "result", "id": n, "ok": true, "result": {...}}`` + payload, or
-    ``{"op": "result", "id": n, "ok": false, "reason": ..., "message": ...}``.
+    ``{"op": "result", "id": n, "ok": false, "reason": ..., "message": ...}``, or
+    ``{"op": "result", "id": n, "ok": false, "busy": true, "message": ...}`` when
+    the pool refused to queue the request (``EvaluatorBusy``: ask again later).
 
 An evaluation's request and result cross the leader without being unpacked:
 the shard's ``evaluate`` frame carries an ``EvaluationRequest.to_frame``
@@ -34,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from jaas.api.reasons import Reason, ReasonError
-from jaas.evaluator.request import EvaluationRequest, EvaluationResult
+from jaas.evaluator.request import EvaluationRequest, EvaluationResult, EvaluatorBusy
 from jaas.ipc import FrameError, Header, read_frame, write_frame
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ class LeaderConnection:
             ReasonError: EvaluationFailed / EvaluationTimeout / ArtifactTooLarge
                 from the pool; ArtifactTooLarge when the request exceeds the
                 frame limits (``jaas.ipc``).
+            EvaluatorBusy: the pool refused to queue the request (ask later).
             ConnectionError: the leader went away (a transient failure).
             FrameError: the result frame is malformed (a bug, not user input).
         """
@@ -129,6 +132,8 @@ class LeaderConnection:
         header, body = await future
         if header.get("ok"):
             return EvaluationResult.from_frame(header["result"], body)
+        if header.get("busy"):
+            raise EvaluatorBusy(str(header.get("message") or "every evaluator is busy"))
         raise ReasonError(
             Reason(str(header.get("reason") or Reason.EVALUATION_FAILED)),
             str(header.get("message") or "evaluation failed"),
@@ -219,6 +224,9 @@ class ShardEndpoint:
                     Reason.ARTIFACT_TOO_LARGE,
                     f"the evaluation result cannot be relayed to the shard: {err}",
                 ) from err
+        except EvaluatorBusy as err:
+            reply = {"op": "result", "id": request_id, "ok": False, "busy": True}
+            write_frame(writer, {**reply, "message": str(err)})
         except ReasonError as err:
             write_frame(
                 writer,

@@ -32,6 +32,7 @@ from jaas.api.reasons import Reason, ReasonError
 from jaas.child import python_module_argv
 from jaas.evaluator.libraries import LibraryPathError, load_library_paths
 from jaas.evaluator.pool import EvaluatorPool
+from jaas.evaluator.request import EvaluatorBusy
 from jaas.ipc import Header
 from jaas.observability import metrics
 from jaas.observability.memory import resident_bytes
@@ -112,6 +113,9 @@ class Leader:
             evaluated = await self.pool.evaluate_frame(header, payload)
             result = "ok"
             return evaluated
+        except EvaluatorBusy:
+            result = "busy"
+            raise
         except ReasonError as err:
             if err.reason is Reason.EVALUATION_TIMEOUT:
                 result = "timeout"

@@ -18,7 +18,7 @@ from jaas.api.models import JsonnetVariable, format_duration
 from jaas.api.reasons import Reason, ReasonError
 from jaas.evaluator.libraries import load_library_paths
 from jaas.evaluator.pool import EvaluatorPool, format_bytes
-from jaas.evaluator.request import EvaluationRequest, EvaluationResult
+from jaas.evaluator.request import EvaluationRequest, EvaluationResult, EvaluatorBusy
 
 GiB = 1024**3
 ENDLESS = b"std.foldl(function(a, b) a + b, std.range(1, 1000000000), 0)"
@@ -614,3 +614,28 @@ async def test_a_worker_that_makes_no_progress_is_stopped_by_the_wall_clock() ->
     assert caught.value.message == (
         "evaluation exceeded 1s: no result after 4s of wall-clock time (4 × --evaluation-timeout)"
     )
+
+
+async def test_a_full_queue_answers_busy_per_namespace_and_in_all() -> None:
+    slow = "std.foldl(function(a, b) a + b, std.range(1, 3000000), 0)"
+
+    def request(namespace: str) -> EvaluationRequest:
+        return dataclasses.replace(snippet(slow), label=f"{namespace}/s")
+
+    async with EvaluatorPool(
+        1, timeout=30.0, memory_limit=1 * GiB, max_waiting=2, max_waiting_per_flow=1
+    ) as single:
+        await until_full(single)
+        running = asyncio.ensure_future(single.evaluate(request("a")))
+        await eventually(lambda: single.busy == 1)
+        waiting_a = asyncio.ensure_future(single.evaluate(request("a")))
+        await eventually(lambda: single.waiting == 1)
+        with pytest.raises(EvaluatorBusy, match="1 requests of this namespace"):
+            await single.evaluate(request("a"))  # its namespace's place is taken
+        waiting_b = asyncio.ensure_future(single.evaluate(request("b")))
+        await eventually(lambda: single.waiting == 2)
+        with pytest.raises(EvaluatorBusy, match=r"\(2 in all\)"):
+            await single.evaluate(request("c"))  # the whole queue is full
+        results = await asyncio.gather(running, waiting_a, waiting_b)
+        assert {r.rendered for r in results} == {b"4500001500000\n"}
+        assert single.refused == 2

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from jaas import defaults
 from jaas.api.constants import (
     FINALIZER,
     FLUX_SOURCE_API_VERSION,
@@ -24,7 +25,7 @@ from jaas.api.constants import (
     VERSION,
 )
 from jaas.api.reasons import Reason, ReasonError
-from jaas.evaluator.request import EvaluationRequest, EvaluationResult
+from jaas.evaluator.request import EvaluationRequest, EvaluationResult, EvaluatorBusy
 from jaas.evaluator.worker import evaluate as evaluate_in_process
 from jaas.operator.events import EventRecorder
 from jaas.operator.kube import KubeApiError, resource_path
@@ -654,3 +655,24 @@ async def test_a_status_too_large_for_etcd_is_written_with_a_short_message(h: Ha
     message = h.ready()["message"]
     assert len(message) <= 512
     assert "characters cut" in message
+
+
+class BusyEvaluator(InProcessEvaluator):
+    """Refuses every request, as a pool whose queue is full does."""
+
+    async def evaluate(self, request: EvaluationRequest) -> EvaluationResult:
+        self.requests.append(request)
+        raise EvaluatorBusy("all 2 evaluators are busy")
+
+
+async def test_a_busy_pool_requeues_the_snippet_and_leaves_its_status_alone(h: Harness) -> None:
+    h.snippet(files={"main.jsonnet": "{a: 1}"})
+    assert await h.reason() == "Synced"
+    before = h.status()
+    h.update_spec(files={"main.jsonnet": "{a: 2}"})
+    h.reconciler.evaluator = BusyEvaluator()
+    outcome = await h.reconcile()
+    assert isinstance(outcome, Result)
+    assert outcome.reason == "EvaluatorBusy"
+    assert outcome.requeue_after == defaults.EVALUATOR_BUSY_REQUEUE
+    assert h.status() == before  # neither Ready=False nor a new generation claimed

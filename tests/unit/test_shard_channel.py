@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from jaas import ipc
 from jaas.api.reasons import Reason, ReasonError
-from jaas.evaluator.request import EvaluationRequest, EvaluationResult
+from jaas.evaluator.request import EvaluationRequest, EvaluationResult, EvaluatorBusy
 from jaas.ipc import Header
 from jaas.shards.channel import Evaluate, LeaderConnection, ShardEndpoint
 
@@ -96,3 +96,16 @@ async def test_a_result_too_large_to_relay_is_artifact_too_large_for_the_shard(
 
 async def _answer(frame: tuple[Header, bytes]) -> tuple[Header, bytes]:
     return frame
+
+
+async def test_a_busy_pool_reaches_the_shard_as_busy_not_as_a_failure(socket_dir: Path) -> None:
+    async def evaluate(header: Header, payload: bytes) -> tuple[Header, bytes]:
+        raise EvaluatorBusy("all 2 evaluators are busy")
+
+    endpoint, shard = await connected(socket_dir, evaluate)
+    try:
+        with pytest.raises(EvaluatorBusy, match="all 2 evaluators are busy"):
+            await shard.evaluate(REQUEST)
+    finally:
+        await shard.close()
+        await endpoint.close()
