@@ -98,7 +98,9 @@ async def run_mode(
     flow: FlowFunction, heavy: int, light: int, interval: float
 ) -> tuple[list[float], list[float], float, float]:
     """Light latencies alone and beside heavy (s), heavy evaluations/s, one heavy eval (s)."""
-    async with EvaluatorPool(2, timeout=30.0, flow=flow) as pool:
+    async with EvaluatorPool(
+        2, timeout=30.0, flow=flow, max_waiting=0, max_waiting_per_flow=0
+    ) as pool:
         # Warm both workers; time one heavy evaluation in the worker for scale.
         warm = await asyncio.gather(
             pool.evaluate(request("heavy/warm", HEAVY)), pool.evaluate(request("light/warm", LIGHT))

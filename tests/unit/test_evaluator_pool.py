@@ -484,7 +484,7 @@ async def completion_order(
 
 
 async def test_a_light_tenant_overtakes_a_heavy_tenants_backlog() -> None:
-    async with EvaluatorPool(1, timeout=30.0) as single:
+    async with EvaluatorPool(1, timeout=30.0, max_waiting_per_flow=0) as single:
         requests = [labelled(f"heavy/s{n}", SLOWISH) for n in range(20)]
         requests.append(labelled("light/x", b"{}"))
         shapes: list[tuple[int, dict[Hashable, int]]] = []
