@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CACHE := $(HOME)/.cache/jaas-py
 ONCE ?=
 
-.PHONY: all venv controlplane flux controlplane-mod test lint typecheck unit e2e demo clean
+.PHONY: all venv controlplane flux native controlplane-mod test lint typecheck unit e2e demo clean
 
 all: test
 
@@ -30,6 +30,12 @@ controlplane:
 flux:
 	@tools/flux/build.sh >/dev/null
 
+# Builds (or reuses from ~/.cache/jaas-py) jaas-jrsonnet, the native Jsonnet
+# module in native/, and installs its wheel in the virtualenv. Needs cargo.
+# See tools/native/.
+native: venv
+	@JAAS_VENV=$(CURDIR)/$(VENV) tools/native/build.sh >/dev/null
+
 # Regenerates tools/controlplane/go.mod and go.sum after a version bump.
 controlplane-mod:
 	tools/controlplane/generate-gomod.sh
@@ -41,14 +47,14 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy jaas tests loadtests
 
-unit: venv
+unit: venv native
 	$(VENV)/bin/pytest tests/unit
 
-e2e: venv controlplane flux
+e2e: venv native controlplane flux
 	tools/netns/run $(VENV)/bin/pytest tests/e2e
 
 # The whole suite: lint, types, unit and end-to-end tests on a real control plane.
-test: venv controlplane flux
+test: venv native controlplane flux
 	$(VENV)/bin/ruff check jaas tests loadtests
 	$(VENV)/bin/ruff format --check jaas tests loadtests
 	$(VENV)/bin/mypy jaas tests loadtests
@@ -56,7 +62,7 @@ test: venv controlplane flux
 
 # Starts a control plane and `jaas operator --shards 2`, applies examples/ and
 # shows the result. ONCE=1 stops after printing and fails unless all are Ready.
-demo: venv controlplane flux
+demo: venv native controlplane flux
 	$(PY) -m jaas.demo $(if $(ONCE),--once,)
 
 clean:
