@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CACHE := $(HOME)/.cache/jaas-py
 ONCE ?=
 
-.PHONY: all venv controlplane flux native controlplane-mod test lint typecheck unit e2e demo clean
+.PHONY: all venv controlplane flux native corpus controlplane-mod test lint typecheck unit e2e demo clean
 
 all: test
 
@@ -36,6 +36,11 @@ flux:
 native: venv
 	@JAAS_VENV=$(CURDIR)/$(VENV) tools/native/build.sh >/dev/null
 
+# Fetches go-jsonnet 0.22's test corpus (its Go module) for tests/conformance,
+# before pytest enters the loopback-only network namespace.
+corpus:
+	@GOMODCACHE=$${JAAS_CACHE:-$(CACHE)}/go/mod GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download github.com/google/go-jsonnet@v0.22.0
+
 # Regenerates tools/controlplane/go.mod and go.sum after a version bump.
 controlplane-mod:
 	tools/controlplane/generate-gomod.sh
@@ -54,7 +59,7 @@ e2e: venv native controlplane flux
 	tools/netns/run $(VENV)/bin/pytest tests/e2e
 
 # The whole suite: lint, types, unit and end-to-end tests on a real control plane.
-test: venv native controlplane flux
+test: venv native controlplane flux corpus
 	$(VENV)/bin/ruff check jaas tests loadtests
 	$(VENV)/bin/ruff format --check jaas tests loadtests
 	$(VENV)/bin/mypy jaas tests loadtests
