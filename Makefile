@@ -49,7 +49,7 @@ lint: venv
 	$(VENV)/bin/ruff check jaas tests loadtests
 	$(VENV)/bin/ruff format --check jaas tests loadtests
 
-typecheck: venv
+typecheck: venv native
 	$(VENV)/bin/mypy jaas tests loadtests
 
 unit: venv native
