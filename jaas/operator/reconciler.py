@@ -181,6 +181,8 @@ def keep_set(history: list[dict[str, Any]]) -> set[str]:
 #: Ready reason of a reconcile that failed unexpectedly and is retried with
 #: backoff, with ``Ready=Unknown`` (Flux ``meta.ProgressingWithRetryReason``).
 PROGRESSING_WITH_RETRY = "ProgressingWithRetry"
+#: Flux's reason while a reconcile of the current generation is under way.
+PROGRESSING = "Progressing"
 #: The message written when the API refuses a status as too large.
 SHORT_MESSAGE = 512
 
@@ -319,9 +321,8 @@ class SnippetReconciler:
             libraries = await self.resolve_libraries(obj, spec, tenant)
             try:
                 result = await self.evaluate(obj, spec, source, libraries)
-            except EvaluatorBusy:
-                # Backpressure, not a failure: the status stays as it is.
-                return Result("EvaluatorBusy", requeue_after=defaults.EVALUATOR_BUSY_REQUEUE)
+            except EvaluatorBusy as busy:
+                return await self._evaluator_busy(obj, busy)
             package = await self.package(spec, source, result)
             return await self.commit(obj, spec, tenant, source, result, package, fresh=fresh)
         except ReasonError as err:
@@ -668,6 +669,19 @@ class SnippetReconciler:
         with tracer.start_as_current_span("snippet.fail") as span:
             span.set_attribute("jaas.reason", err.reason.value)
             await self._write_status(obj, err.reason, err.message)
+
+    async def _evaluator_busy(self, obj: Obj, busy: EvaluatorBusy) -> Result:
+        """Backpressure from the evaluator pool: requeue soon; not a failure.
+
+        A re-render of the generation already rendered keeps its status. A
+        new generation gets ``Ready=Unknown`` (``Progressing``, Flux) once, so
+        an older generation's ``Ready=True`` does not stand for it meanwhile.
+        """
+        status = obj.get("status") or {}
+        if status.get("observedGeneration") != obj["metadata"].get("generation"):
+            message = f"waiting for a free evaluator: {busy}"
+            await self._write_status(obj, PROGRESSING, message, ready=None)
+        return Result("EvaluatorBusy", requeue_after=defaults.EVALUATOR_BUSY_REQUEUE)
 
     async def retrying(self, obj: Obj, err: Exception) -> None:
         """Write ``Ready=Unknown`` (``ProgressingWithRetry``) for an unexpected failure.

@@ -665,14 +665,27 @@ class BusyEvaluator(InProcessEvaluator):
         raise EvaluatorBusy("all 2 evaluators are busy")
 
 
-async def test_a_busy_pool_requeues_the_snippet_and_leaves_its_status_alone(h: Harness) -> None:
+async def test_a_busy_pool_requeues_the_snippet_without_failing_it(h: Harness) -> None:
     h.snippet(files={"main.jsonnet": "{a: 1}"})
     assert await h.reason() == "Synced"
-    before = h.status()
-    h.update_spec(files={"main.jsonnet": "{a: 2}"})
+    synced = h.status()
     h.reconciler.evaluator = BusyEvaluator()
+
+    # A re-render of the same generation keeps its status.
     outcome = await h.reconcile()
     assert isinstance(outcome, Result)
     assert outcome.reason == "EvaluatorBusy"
     assert outcome.requeue_after == defaults.EVALUATOR_BUSY_REQUEUE
-    assert h.status() == before  # neither Ready=False nor a new generation claimed
+    assert h.status() == synced
+
+    # A new generation is Progressing, not the old generation's Ready=True.
+    h.update_spec(files={"main.jsonnet": "{a: 2}"})
+    outcome = await h.reconcile()
+    assert isinstance(outcome, Result)
+    assert outcome.reason == "EvaluatorBusy"
+    status = h.status()
+    assert status["observedGeneration"] == synced["observedGeneration"] + 1
+    assert h.ready()["status"] == "Unknown"
+    assert h.ready()["reason"] == "Progressing"
+    assert h.ready()["message"] == "waiting for a free evaluator: all 2 evaluators are busy"
+    assert status["revision"] == synced["revision"]  # the last good artifact stays
