@@ -266,3 +266,20 @@ def test_worker_exits_when_its_parent_is_gone() -> None:
         assert worker.process.wait() == 0
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize(("engine", "says"), [("v8", "unknown engine 'v8'"), ("go-jsonnet", None)])
+def test_a_worker_starts_only_with_an_engine_it_can_load(engine: str, says: str | None) -> None:
+    started = Worker("--engine", engine)
+    try:
+        if says is None:
+            frame = recv_frame(started.sock)
+            assert frame is not None
+            assert frame[0]["type"] == "ready"
+            return
+        assert started.process.wait(timeout=60) == 4
+        assert started.process.stderr is not None
+        assert says in started.process.stderr.read().decode()
+        assert recv_frame(started.sock) is None  # it never said ready
+    finally:
+        started.close()
