@@ -37,7 +37,7 @@ EVALUATION_QUEUE_LIMIT_PER_NAMESPACE: Final = 16
 EVALUATOR_BUSY_REQUEUE: Final = 1.0
 #: ``--engine``: the Jsonnet engine of every evaluator process
 #: (``jaas.evaluator.engines``).
-ENGINE: Final = "rjsonnet"
+ENGINE: Final = "jrsonnet"
 
 # --- servers --------------------------------------------------------------------------
 STORAGE_LISTEN_ADDRESS: Final = "0.0.0.0"

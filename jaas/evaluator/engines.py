@@ -88,7 +88,7 @@ def _load(module: str, install: str) -> ModuleType:
 
 
 class Jrsonnet:
-    """jaas-jrsonnet (``native/``), our own binding of jrsonnet 0.5.0-pre98."""
+    """jaas-jrsonnet (``native/``), our own binding of jrsonnet 0.5.0-pre98: the default."""
 
     name = "jrsonnet"
 

@@ -51,7 +51,8 @@ async def failure(pool: EvaluatorPool, request: EvaluationRequest) -> ReasonErro
 
 @pytest_asyncio.fixture(scope="module")
 async def pool() -> AsyncIterator[EvaluatorPool]:
-    async with EvaluatorPool(2, timeout=1.0, memory_limit=1 * GiB) as started:
+    # rjsonnet: these tests also show how the pool survives its crashes and panics.
+    async with EvaluatorPool(2, timeout=1.0, memory_limit=1 * GiB, engine="rjsonnet") as started:
         yield started
 
 
@@ -161,7 +162,7 @@ async def test_endless_evaluation_times_out_without_disturbing_the_other_worker(
 async def test_recursive_array_manifestation_fails_and_the_pool_recovers() -> None:
     # Filling 1 GiB takes about a second, more on a busy machine: a pool of its
     # own with a long timeout makes the memory cap, not the clock, stop it.
-    async with EvaluatorPool(1, timeout=60.0, memory_limit=1 * GiB) as roomy:
+    async with EvaluatorPool(1, timeout=60.0, memory_limit=1 * GiB, engine="rjsonnet") as roomy:
         error = await failure(roomy, snippet("local f(x) = [f(x)]; f(1)"))
         assert error.reason is Reason.EVALUATION_FAILED
         assert error.message == (
@@ -250,7 +251,9 @@ async def test_requests_queue_for_a_free_worker(pool: EvaluatorPool) -> None:
 async def test_segfault_is_reported_plainly() -> None:
     # A 1 MiB evaluation stack and a huge max_stack let deep recursion overflow
     # the native stack, as the default 8 MiB main-thread stack would.
-    async with EvaluatorPool(1, max_stack=100_000, stack_size=1024 * 1024) as small:
+    async with EvaluatorPool(
+        1, max_stack=100_000, stack_size=1024 * 1024, engine="rjsonnet"
+    ) as small:
         deep = "local f(n) = if n == 0 then 0 else 1 + f(n - 1); f(%d)"
         error = await failure(small, snippet(deep % 20_000))
         assert error.reason is Reason.EVALUATION_FAILED
@@ -639,3 +642,21 @@ async def test_a_full_queue_answers_busy_per_namespace_and_in_all() -> None:
         results = await asyncio.gather(running, waiting_a, waiting_b)
         assert {r.rendered for r in results} == {b"4500001500000\n"}
         assert single.refused == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("local f(x) = [f(x)]; f(1)", "stack overflow"),
+        ('std.sort([1, [error "foo"]])', "binary operation array < number is not implemented"),
+        ("std.log(0)", "non-finite"),
+        ("local f(n) = if n == 0 then 0 else 1 + f(n - 1); f(20000)", "stack overflow"),
+    ],
+)
+async def test_jrsonnet_answers_cleanly_where_rjsonnet_crashes(source: str, says: str) -> None:
+    async with EvaluatorPool(1, timeout=30.0, memory_limit=1 * GiB, engine="jrsonnet") as ours:
+        error = await failure(ours, snippet(source))
+        assert error.reason is Reason.EVALUATION_FAILED
+        assert says in error.message
+        assert "main.jsonnet" in error.message or says == "stack overflow"
+        assert ours.crashes == 0

@@ -63,7 +63,10 @@ class Worker:
 
 @pytest.fixture
 def worker() -> Iterator[Worker]:
-    started = Worker("--parent-pid", str(os.getpid()), "--memory-limit", str(1024**3))
+    # rjsonnet: these tests also show how a worker reports and retires after its panics.
+    started = Worker(
+        "--parent-pid", str(os.getpid()), "--memory-limit", str(1024**3), "--engine", "rjsonnet"
+    )
     yield started
     started.close()
 
