@@ -57,6 +57,16 @@ class Inputs:
     ext_codes: Mapping[str, str]
     max_stack: int
 
+    def keywords(self) -> dict[str, Any]:
+        """The variables and ``max_stack`` as the keyword arguments every engine's call takes."""
+        return {
+            "tla_vars": dict(self.tla_vars),
+            "tla_codes": dict(self.tla_codes),
+            "ext_vars": dict(self.ext_vars),
+            "ext_codes": dict(self.ext_codes),
+            "max_stack": self.max_stack,
+        }
+
 
 class Engine(Protocol):
     """One Jsonnet implementation."""
@@ -103,13 +113,7 @@ class Jrsonnet:
         """See :meth:`Engine.evaluate`."""
         return str(
             self._module.evaluate_file(
-                inputs.entry_path,
-                import_callback=importer.resolve,
-                tla_vars=dict(inputs.tla_vars),
-                tla_codes=dict(inputs.tla_codes),
-                ext_vars=dict(inputs.ext_vars),
-                ext_codes=dict(inputs.ext_codes),
-                max_stack=inputs.max_stack,
+                inputs.entry_path, import_callback=importer.resolve, **inputs.keywords()
             )
         )
 
@@ -133,14 +137,7 @@ class Rjsonnet:
         """See :meth:`Engine.evaluate`."""
         try:
             return self._evaluate_file(
-                inputs.entry_path,
-                max_stack=inputs.max_stack,
-                ext_vars=dict(inputs.ext_vars),
-                ext_codes=dict(inputs.ext_codes),
-                tla_vars=dict(inputs.tla_vars),
-                tla_codes=dict(inputs.tla_codes),
-                import_callback=importer,
-                gc=False,
+                inputs.entry_path, import_callback=importer, gc=False, **inputs.keywords()
             )
         finally:
             # gc=False skips rjsonnet's per-call collection; without this call every
@@ -182,12 +179,8 @@ class GoJsonnet:
             text: Any = self._module.evaluate_snippet(
                 path,
                 source.decode("utf-8", errors="replace"),
-                max_stack=inputs.max_stack,
-                ext_vars=dict(inputs.ext_vars),
-                ext_codes=dict(inputs.ext_codes),
-                tla_vars=dict(inputs.tla_vars),
-                tla_codes=dict(inputs.tla_codes),
                 import_callback=callback,
+                **inputs.keywords(),
             )
         except Exception:
             if refused:
