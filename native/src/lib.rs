@@ -19,8 +19,9 @@ use std::{
 };
 
 use jrsonnet_evaluator::{
-    AsPathLike, IStr, ImportResolver, ResolvePath, SourcePath, State, Thunk, Val, apply_tla,
+    AsPathLike, IStr, ImportResolver, ResolvePath, SourcePath, State, Thunk, Val,
     analyze::DiagLevel,
+    apply_tla,
     error::{Error, ErrorKind, StackTraceElement},
     manifest::JsonFormat,
     stack::limit_stack_depth,
@@ -73,6 +74,25 @@ impl fmt::Display for CallbackFile {
     }
 }
 
+/// The identity methods of `SourcePathT` (downcast, hash, equality, debug),
+/// the same for every source path type that is `Hash + Eq + Debug`.
+macro_rules! source_path_identity {
+    () => {
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+        fn dyn_hash(&self, mut hasher: &mut dyn Hasher) {
+            self.hash(&mut hasher);
+        }
+        fn dyn_eq(&self, other: &dyn SourcePathT) -> bool {
+            other.as_any().downcast_ref::<Self>() == Some(self)
+        }
+        fn dyn_debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            fmt::Debug::fmt(self, f)
+        }
+    };
+}
+
 impl SourcePathT for CallbackFile {
     fn is_default(&self) -> bool {
         false
@@ -80,18 +100,7 @@ impl SourcePathT for CallbackFile {
     fn path(&self) -> Option<&Path> {
         Some(&self.0)
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn dyn_hash(&self, mut hasher: &mut dyn Hasher) {
-        self.hash(&mut hasher);
-    }
-    fn dyn_eq(&self, other: &dyn SourcePathT) -> bool {
-        other.as_any().downcast_ref::<Self>() == Some(self)
-    }
-    fn dyn_debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
+    source_path_identity!();
 }
 
 /// Code given as a TLA or an external variable, named as go-jsonnet names it
@@ -116,18 +125,7 @@ impl SourcePathT for CodeSnippet {
     fn path(&self) -> Option<&Path> {
         None
     }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn dyn_hash(&self, mut hasher: &mut dyn Hasher) {
-        self.hash(&mut hasher);
-    }
-    fn dyn_eq(&self, other: &dyn SourcePathT) -> bool {
-        other.as_any().downcast_ref::<Self>() == Some(self)
-    }
-    fn dyn_debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
+    source_path_identity!();
 }
 
 /// The base directory passed to the callback for the entry file and for
