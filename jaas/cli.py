@@ -140,13 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument(
         "--cache-path",
         default=d.cache_path,
-        help="content-addressed cache of fetched source artifacts",
+        help="content-addressed cache of fetched source artifacts, file trees and renders "
+        "(shared by every process of the operator)",
     )
     op.add_argument(
         "--cache-max-bytes",
         type=parse_quantity,
         default=format_quantity(d.cache_max_bytes),
         help="size bound of the artifact cache (LRU)",
+    )
+    op.add_argument(
+        "--render-cache",
+        type=_bool,
+        default=d.render_cache,
+        help="reuse the render of unchanged inputs instead of evaluating again",
     )
     op.add_argument(
         "--artifact-gc-grace",
@@ -300,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--members", required=True)
     shard.add_argument("--leader-socket", required=True)
     shard.add_argument("--options", required=True)
+    shard.add_argument("--evaluator-fingerprint", default="")
     return parser
 
 
@@ -332,7 +340,13 @@ def _shard(args: argparse.Namespace) -> int:
 
     options = OperatorOptions.from_json(json.loads(args.options))
     members = [m for m in args.members.split(",") if m]
-    return worker.main(options, args.shard_name, members, Path(args.leader_socket))
+    return worker.main(
+        options,
+        args.shard_name,
+        members,
+        Path(args.leader_socket),
+        evaluator_fingerprint=args.evaluator_fingerprint,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

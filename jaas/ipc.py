@@ -81,6 +81,26 @@ def _decode_header(head: bytes) -> Header:
     return header
 
 
+def decode_frame(data: bytes) -> tuple[Header, bytes]:
+    """Split the bytes of exactly one frame (``encode_frame``'s output) into header and payload.
+
+    Used for frames kept at rest (file trees and render results in the
+    artifact cache, ``jaas.evaluator.trees``) rather than read from a stream.
+
+    Raises:
+        FrameError: ``data`` is shorter or longer than the frame it starts
+            with, or the frame is malformed.
+    """
+    if len(data) < _PREFIX.size:
+        raise FrameError("data ends inside a frame prefix")
+    head_len, payload_len = _decode_lengths(data[: _PREFIX.size])
+    end = _PREFIX.size + head_len + payload_len
+    if len(data) != end:
+        raise FrameError(f"frame of {end} bytes stored as {len(data)} bytes")
+    header = _decode_header(data[_PREFIX.size : _PREFIX.size + head_len])
+    return header, data[_PREFIX.size + head_len :]
+
+
 async def read_frame(reader: asyncio.StreamReader) -> tuple[Header, bytes] | None:
     """Read one frame from an asyncio stream; ``None`` on a clean end of stream.
 

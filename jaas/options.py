@@ -92,6 +92,7 @@ class OperatorOptions:
         default_factory=lambda: os.path.join(tempfile.gettempdir(), "jaas-cache")
     )
     cache_max_bytes: int = defaults.CACHE_MAX_BYTES
+    render_cache: bool = True
     no_cross_namespace_refs: bool = defaults.NO_CROSS_NAMESPACE_REFS
     concurrent_reconciles: int = defaults.CONCURRENT_RECONCILES
     max_concurrent_downloads: int = defaults.MAX_CONCURRENT_DOWNLOADS

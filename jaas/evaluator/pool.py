@@ -63,6 +63,7 @@ from jaas.evaluator.request import (
     EvaluationRequest,
     EvaluationResult,
     EvaluatorBusy,
+    TreesMissing,
     libraries_frame,
 )
 from jaas.fairqueue import FairQueue
@@ -169,6 +170,9 @@ class EvaluatorPool:
             retries later); 0 for no limit.
         max_waiting_per_flow: the same per flow (namespace), so that one
             namespace's backlog does not take every place in the queue.
+        cache_path: the pod's artifact cache directory, where workers read
+            the file trees requests name by digest (``jaas.evaluator.trees``);
+            ``None``: requests must carry their trees inline.
 
     Raises:
         ValueError: ``size`` below 1, negative ``max_stack``, or a shared
@@ -195,6 +199,7 @@ class EvaluatorPool:
         engine: str = defaults.ENGINE,
         max_waiting: int = defaults.EVALUATION_QUEUE_LIMIT,
         max_waiting_per_flow: int = defaults.EVALUATION_QUEUE_LIMIT_PER_NAMESPACE,
+        cache_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"evaluator pool size must be at least 1, got {size}")
@@ -210,6 +215,7 @@ class EvaluatorPool:
         #: Requests allowed to wait for a worker, in all and per flow (0: no limit).
         self.max_waiting = max_waiting
         self.max_waiting_per_flow = max_waiting_per_flow
+        self.cache_path = None if cache_path is None else os.fspath(cache_path)
         #: Requests refused with ``EvaluatorBusy``.
         self.refused = 0
         #: Aliases of the shared libraries every worker holds.
@@ -318,6 +324,8 @@ class EvaluatorPool:
                 evaluation exceeded the timeout (the worker is killed);
                 ``ArtifactTooLarge`` when the worker refused an output the
                 caller could not publish (see ``jaas.evaluator.worker``).
+            TreesMissing: the worker could not read a tree the request names
+                by digest (send it again with the trees inline).
             RuntimeError: the pool is not started or is closed.
             FrameError: the worker sent a malformed ``result`` frame.
         """
@@ -377,6 +385,9 @@ class EvaluatorPool:
                 self._retire(worker)
             else:
                 self._release(worker)
+            missing = reply.get("missing")
+            if missing:
+                raise TreesMissing([str(digest) for digest in missing])
             self.failures += 1
             try:
                 reason = Reason(str(reply.get("reason") or Reason.EVALUATION_FAILED.value))
@@ -448,6 +459,8 @@ class EvaluatorPool:
             "--engine",
             self.engine,
         )
+        if self.cache_path:
+            command += ["--cache-path", self.cache_path]
         if self.memory_limit:
             command += ["--memory-limit", str(self.memory_limit)]
         if self.timeout:

@@ -10,7 +10,16 @@ pool and a worker::
     worker -> parent  {"type": "loaded", "aliases"}  one per ``libraries`` frame
     parent -> worker  {"type": "evaluate", ...}      payload: file contents
     worker -> parent  {"type": "result", ...}        payload: rendered JSON, consumer files
-    worker -> parent  {"type": "error", "message", "retire", "reason"}
+    worker -> parent  {"type": "error", "message", "retire", "reason"[, "missing"]}
+
+A request names its file trees (the snippet's files, each library's files)
+either inline, in its payload, or by digest: ``source_tree`` and
+``library_trees`` hold the ``sha256:<hex>`` of trees stored in the pod's
+artifact cache (``jaas.evaluator.trees``), which the worker reads itself, so
+the bytes sent per evaluation do not grow with the size of a source or its
+libraries. A worker that cannot find a tree answers with the digests it
+lacks (``"missing"`` in its ``error`` frame, ``TreesMissing``) and the caller
+sends the request again with the trees inline.
 
 ``libraries`` frames carry the operator-wide shared libraries (``--library-path``,
 see ``jaas.evaluator.libraries``); the pool sends them once per worker, before
@@ -56,6 +65,18 @@ Files = Mapping[str, bytes]
 DEFAULT_STACK_SIZE = 256 * 1024 * 1024
 
 
+class TreesMissing(Exception):
+    """The evaluator could not read file trees the request names by digest.
+
+    Not a failure of the snippet: the caller sends the request again with
+    the trees inline. ``digests`` lists the ``sha256:<hex>`` it lacked.
+    """
+
+    def __init__(self, digests: Sequence[str]) -> None:
+        super().__init__(f"file trees not in the artifact cache: {', '.join(digests)}")
+        self.digests = tuple(digests)
+
+
 class EvaluatorBusy(Exception):
     """Every worker is busy and the request's flow, or the pool, has as many waiting as allowed.
 
@@ -85,6 +106,11 @@ class EvaluationRequest:
         discard_output: the caller only needs to know that the evaluation
             succeeds (``output: source``): the result comes back with empty
             ``rendered``, so no output of any size crosses the processes.
+        source_tree: ``sha256:<hex>`` of ``files`` stored as a tree in the
+            artifact cache (``jaas.evaluator.trees``); when set, the frame
+            carries the digest instead of the files, and the worker reads them.
+        library_trees: the same per library alias; an alias listed here
+            travels by digest, any other inline.
     """
 
     entry_file: str
@@ -97,10 +123,20 @@ class EvaluationRequest:
     max_output_bytes: int = 0
     max_output_name: str = ""
     discard_output: bool = False
+    source_tree: str = ""
+    library_trees: Mapping[str, str] = field(default_factory=dict)
 
     def to_frame(self) -> tuple[Header, bytes]:
-        """Return the ``(header, payload)`` of this request's ``evaluate`` frame."""
+        """Return the ``(header, payload)`` of this request's ``evaluate`` frame.
+
+        Trees named by digest (``source_tree``, ``library_trees``) are not in
+        the payload; the header's ``trees`` maps ``""`` (the snippet's files)
+        and library aliases to their digests.
+        """
         contents: list[bytes] = []
+        trees = {alias: d for alias, d in self.library_trees.items() if alias in self.libraries}
+        if self.source_tree:
+            trees[""] = self.source_tree
         header: Header = {
             "type": EVALUATE,
             "entry_file": self.entry_file,
@@ -111,8 +147,13 @@ class EvaluationRequest:
             "discard_output": self.discard_output,
             "tlas": [[v.name, v.value, v.code] for v in self.tlas],
             "ext_vars": [[v.name, v.value, v.code] for v in self.external_variables],
-            "files": _pack(self.files, contents),
-            "libraries": [[alias, _pack(lib, contents)] for alias, lib in self.libraries.items()],
+            "files": [] if self.source_tree else pack_files(self.files, contents),
+            "libraries": [
+                [alias, pack_files(lib, contents)]
+                for alias, lib in self.libraries.items()
+                if alias not in trees
+            ],
+            "trees": trees,
         }
         return header, b"".join(contents)
 
@@ -125,8 +166,9 @@ class EvaluationRequest:
         """
         try:
             view = memoryview(payload)
-            offset, files = _unpack(header["files"], view, 0)
+            offset, files = unpack_files(header["files"], view, 0)
             offset, libraries = _unpack_libraries(header["libraries"], view, offset)
+            trees = {str(k): str(v) for k, v in (header.get("trees") or {}).items()}
             if offset != len(payload):
                 raise FrameError(f"evaluate frame has {len(payload) - offset} stray payload bytes")
             return cls(
@@ -140,8 +182,10 @@ class EvaluationRequest:
                 max_output_bytes=int(header.get("max_output_bytes", 0)),
                 max_output_name=str(header.get("max_output_name", "")),
                 discard_output=bool(header.get("discard_output", False)),
+                source_tree=str(trees.pop("", "")),
+                library_trees=trees,
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise FrameError(f"malformed evaluate frame: {err!r}") from err
 
 
@@ -189,7 +233,7 @@ class EvaluationResult:
             "pid": self.worker_pid,
             "discarded_bytes": self.discarded_bytes,
             "rendered": len(self.rendered),
-            "files": _pack(self.consumer_files, contents),
+            "files": pack_files(self.consumer_files, contents),
             "objects": self.objects_summary,
         }
         return header, b"".join(contents)
@@ -208,7 +252,7 @@ class EvaluationResult:
                 raise FrameError("frame lists more bytes than its payload holds")
             # Without consumer files the payload is rendered.json: no copy.
             rendered = payload if size == len(payload) else bytes(view[:size])
-            offset, files = _unpack(header["files"], view, size)
+            offset, files = unpack_files(header["files"], view, size)
             if offset != len(payload):
                 raise FrameError(f"result frame has {len(payload) - offset} stray payload bytes")
             return cls(
@@ -246,7 +290,7 @@ def libraries_frame(libraries: Mapping[str, Files]) -> tuple[Header, bytes]:
     contents: list[bytes] = []
     header: Header = {
         "type": LIBRARIES,
-        "libraries": [[alias, _pack(lib, contents)] for alias, lib in libraries.items()],
+        "libraries": [[alias, pack_files(lib, contents)] for alias, lib in libraries.items()],
     }
     return header, b"".join(contents)
 
@@ -266,7 +310,8 @@ def libraries_from_frame(header: Header, payload: bytes) -> dict[str, dict[str, 
     return libraries
 
 
-def _pack(files: Files, contents: list[bytes]) -> list[list[Any]]:
+def pack_files(files: Files, contents: list[bytes]) -> list[list[Any]]:
+    """Append the contents of ``files`` to ``contents``; return ``[[path, size], ...]``."""
     listing: list[list[Any]] = []
     for path, content in files.items():
         listing.append([path, len(content)])
@@ -274,7 +319,13 @@ def _pack(files: Files, contents: list[bytes]) -> list[list[Any]]:
     return listing
 
 
-def _unpack(listing: Any, view: memoryview, offset: int) -> tuple[int, dict[str, bytes]]:
+def unpack_files(listing: Any, view: memoryview, offset: int) -> tuple[int, dict[str, bytes]]:
+    """Read the files ``pack_files`` listed from ``view`` at ``offset``; return the end and files.
+
+    Raises:
+        FrameError: the listing names more bytes than ``view`` holds.
+        TypeError, ValueError: the listing is malformed.
+    """
     files: dict[str, bytes] = {}
     for path, size in listing:
         end = offset + int(size)
@@ -290,7 +341,7 @@ def _unpack_libraries(
 ) -> tuple[int, dict[str, dict[str, bytes]]]:
     libraries: dict[str, dict[str, bytes]] = {}
     for alias, files in listing:
-        offset, libraries[str(alias)] = _unpack(files, view, offset)
+        offset, libraries[str(alias)] = unpack_files(files, view, offset)
     return offset, libraries
 
 

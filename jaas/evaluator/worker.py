@@ -18,6 +18,10 @@ Whatever the caller could not publish (``rendered.json`` over the request's
 that does not fit one frame) is refused here as ``ArtifactTooLarge``, so the
 leader and the shard never hold it.
 
+File trees a request names by digest are read from the pod's artifact cache
+(``--cache-path``, ``jaas.evaluator.trees``); the last ones used stay decoded
+in memory.
+
 Operator-wide shared libraries (``--library-path``) arrive once, in
 ``libraries`` frames the pool sends right after ``ready``; the worker keeps
 them for its lifetime and adds them to every request's libraries (the
@@ -44,6 +48,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from jaas import defaults
 from jaas.api.reasons import Reason, ReasonError
@@ -62,7 +67,9 @@ from jaas.evaluator.request import (
     error_header,
     libraries_from_frame,
 )
+from jaas.evaluator.trees import DEFAULT_MEMORY_BYTES, TreeStore, resolve_trees
 from jaas.ipc import RELAY_HEADROOM, FrameError, recv_frame, send_frame
+from jaas.sources.cache import ArtifactCache
 from jaas.sources.extract import MAX_ENTRY_BYTES, MAX_EXTRACTED_BYTES
 from jaas.storage.objects import consumer_files_for
 
@@ -281,8 +288,13 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(0)
 
 
-def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
+def serve(sock: socket.socket, cpu_limit: int = 0, trees: TreeStore | None = None) -> int:
     """Answer ``evaluate`` frames on ``sock`` until it closes; return the exit status.
+
+    ``trees`` reads the file trees a request names by digest (see
+    ``jaas.evaluator.trees``); a request naming a tree it cannot read (or any
+    tree, without a store) is answered with an ``error`` frame whose
+    ``missing`` lists those digests.
 
     Sends one ``ready`` frame first, after a tiny self-test evaluation (which
     also warms the engine up). A ``libraries`` frame adds (or replaces, per
@@ -322,6 +334,18 @@ def serve(sock: socket.socket, cpu_limit: int = 0) -> int:
             send_frame(sock, error_header(f"malformed evaluation request: {err}"))
             continue
         del payload
+        source, libraries, missing = resolve_trees(
+            trees, request.source_tree, request.library_trees
+        )
+        if missing:
+            reply = error_header(f"file trees not in the artifact cache: {', '.join(missing)}")
+            send_frame(sock, {**reply, "missing": missing})
+            continue
+        request = dataclasses.replace(
+            request,
+            files=request.files if source is None else source,
+            libraries={**request.libraries, **libraries},
+        )
         request = with_shared_libraries(request, shared)
         _limit_cpu(cpu_limit)
         outcome = _run_in_thread(request)
@@ -362,6 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpu-limit", type=int, default=0, help="CPU seconds per evaluation")
     parser.add_argument("--stack-size", type=int, default=DEFAULT_STACK_SIZE, help="bytes")
     parser.add_argument("--engine", default=defaults.ENGINE, help="Jsonnet engine")
+    parser.add_argument("--cache-path", default="", help="artifact cache holding file trees")
+    parser.add_argument(
+        "--tree-memory-bytes",
+        type=int,
+        default=DEFAULT_MEMORY_BYTES,
+        help="decoded file trees kept in memory (bytes)",
+    )
     args = parser.parse_args(argv)
 
     # Ctrl-C in a terminal signals the whole process group; the parent decides
@@ -377,10 +408,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, EngineUnavailable) as err:
         print(f"jaas evaluator: {err}", file=sys.stderr)
         return 4
+    trees = None
+    if args.cache_path:
+        # Only read (and verified) here; the shards write the trees.
+        trees = TreeStore(ArtifactCache(Path(args.cache_path)), args.tree_memory_bytes)
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
     try:
-        return serve(sock, args.cpu_limit)
+        return serve(sock, args.cpu_limit, trees)
     except (BrokenPipeError, ConnectionResetError):
         return 0
     finally:

@@ -59,7 +59,14 @@ OWNED_NAMESPACES = Gauge(
 )
 EVALUATIONS_TOTAL = Counter(
     "jaas_evaluations_total",
-    "Evaluations by the evaluator pool, by result (ok, failed, timeout, busy: refused to queue).",
+    "Evaluations by the evaluator pool, by result (ok, failed, timeout, busy: refused to queue, "
+    "trees_missing: a file tree named by digest was not in the cache, sent again inline).",
+    ["result"],
+)
+RENDER_CACHE_TOTAL = Counter(
+    "jaas_render_cache_total",
+    "Render cache lookups by result (hit: the render of the same inputs was reused, no "
+    "evaluation; miss: evaluated; error: the cache could not be used).",
     ["result"],
 )
 EVALUATION_SECONDS = Histogram(

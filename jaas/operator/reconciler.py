@@ -23,7 +23,10 @@ The stages, in the order that fixes the precedence of Ready reasons (metio/jaas
 5. ``resolve source`` and 6. ``resolve libraries``, read as the tenant
    (``CrossNamespaceRefRejected``, ``SourceNotReady``, ``SourceFetchFailed``,
    ``LibraryNotFound``, ``RBACDenied``, ``InvalidSpec``);
-7. ``evaluate`` in an evaluator process (``EvaluationFailed``, ``EvaluationTimeout``);
+7. ``evaluate`` in an evaluator process (``EvaluationFailed``, ``EvaluationTimeout``),
+   unless the render cache holds the result of the same inputs
+   (``jaas.evaluator.rendercache``; the file trees then travel to the
+   evaluator by digest);
 8. ``package`` (``ArtifactTooLarge``, ``InvalidSpec``);
 9. ``commit``: re-read the snippet (a newer generation wins), publish as the
    tenant (``RBACDenied``), write ``Synced``;
@@ -64,7 +67,14 @@ from jaas.api.constants import (
 )
 from jaas.api.models import JsonnetVariable, SnippetSpec, parse_snippet_spec
 from jaas.api.reasons import Reason, ReasonError
-from jaas.evaluator.request import EvaluationRequest, EvaluationResult, EvaluatorBusy
+from jaas.evaluator.rendercache import RenderCache
+from jaas.evaluator.request import (
+    EvaluationRequest,
+    EvaluationResult,
+    EvaluatorBusy,
+    TreesMissing,
+)
+from jaas.ipc import FrameError
 from jaas.observability import metrics
 from jaas.operator.cycles import find_cycle
 from jaas.operator.denials import denied
@@ -252,8 +262,10 @@ class SnippetReconciler:
         recorder: EventRecorder,
         limiter: RateLimiter,
         options: ReconcilerOptions,
+        render_cache: RenderCache | None = None,
     ) -> None:
         self.client = client
+        self.render_cache = render_cache
         self.objects = objects
         self.tokens = tokens
         self.fetcher = fetcher
@@ -548,7 +560,7 @@ class SnippetReconciler:
                 discard_output=spec.output != "rendered",
             )
             try:
-                result = await self.evaluator.evaluate(request)
+                result = await self._evaluate_or_reuse(request, span)
             except ReasonError as err:
                 if err.reason is not Reason.ARTIFACT_TOO_LARGE:
                     raise
@@ -558,6 +570,41 @@ class SnippetReconciler:
                 ) from err
             span.set_attribute("jaas.eval.renderedBytes", result.size)
             return result
+
+    async def _evaluate_or_reuse(
+        self, request: EvaluationRequest, span: trace.Span
+    ) -> EvaluationResult:
+        """The render cache's result for ``request``'s inputs, or a new evaluation (then cached).
+
+        Without a render cache, or when its directory cannot be written, the
+        request is evaluated with its trees inline.
+        """
+        cache = self.render_cache
+        if cache is None:
+            return await self.evaluator.evaluate(request)
+        try:
+            by_digest, key = await asyncio.to_thread(cache.prepare, request)
+            cached = await asyncio.to_thread(cache.get, key)
+        except (OSError, FrameError) as err:
+            log.warning("render cache unavailable for %s: %s", request.label, err)
+            metrics.RENDER_CACHE_TOTAL.labels("error").inc()
+            return await self.evaluator.evaluate(request)
+        span.set_attribute("jaas.render.key", key)
+        span.set_attribute("jaas.render.cached", cached is not None)
+        if cached is not None:
+            metrics.RENDER_CACHE_TOTAL.labels("hit").inc()
+            return cached
+        metrics.RENDER_CACHE_TOTAL.labels("miss").inc()
+        try:
+            result = await self.evaluator.evaluate(by_digest)
+        except TreesMissing as missing:
+            log.info("%s: %s; sending them inline", request.label, missing)
+            result = await self.evaluator.evaluate(request)
+        try:
+            await asyncio.to_thread(cache.put, key, result)
+        except (OSError, FrameError) as err:
+            log.warning("render of %s not cached: %s", request.label, err)
+        return result
 
     def _output_cap(self, spec: SnippetSpec) -> int:
         """Largest rendered output ``package`` could publish (0: the output is not published)."""

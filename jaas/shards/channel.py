@@ -11,7 +11,10 @@ leader → shard
     ``{"op": "result", "id": n, "ok": true, "result": {...}}`` + payload, or
     ``{"op": "result", "id": n, "ok": false, "reason": ..., "message": ...}``, or
     ``{"op": "result", "id": n, "ok": false, "busy": true, "message": ...}`` when
-    the pool refused to queue the request (``EvaluatorBusy``: ask again later).
+    the pool refused to queue the request (``EvaluatorBusy``: ask again later), or
+    ``{"op": "result", "id": n, "ok": false, "missing": [digest, ...]}`` when
+    the evaluator could not read file trees named by digest (``TreesMissing``:
+    send them inline).
 
 An evaluation's request and result cross the leader without being unpacked:
 the shard's ``evaluate`` frame carries an ``EvaluationRequest.to_frame``
@@ -36,7 +39,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from jaas.api.reasons import Reason, ReasonError
-from jaas.evaluator.request import EvaluationRequest, EvaluationResult, EvaluatorBusy
+from jaas.evaluator.request import (
+    EvaluationRequest,
+    EvaluationResult,
+    EvaluatorBusy,
+    TreesMissing,
+)
 from jaas.ipc import FrameError, Header, read_frame, write_frame
 
 log = logging.getLogger(__name__)
@@ -107,6 +115,7 @@ class LeaderConnection:
                 from the pool; ArtifactTooLarge when the request exceeds the
                 frame limits (``jaas.ipc``).
             EvaluatorBusy: the pool refused to queue the request (ask later).
+            TreesMissing: the evaluator lacks trees named by digest (send inline).
             ConnectionError: the leader went away (a transient failure).
             FrameError: the result frame is malformed (a bug, not user input).
         """
@@ -134,6 +143,8 @@ class LeaderConnection:
             return EvaluationResult.from_frame(header["result"], body)
         if header.get("busy"):
             raise EvaluatorBusy(str(header.get("message") or "every evaluator is busy"))
+        if header.get("missing"):
+            raise TreesMissing([str(digest) for digest in header["missing"]])
         raise ReasonError(
             Reason(str(header.get("reason") or Reason.EVALUATION_FAILED)),
             str(header.get("message") or "evaluation failed"),
@@ -227,6 +238,9 @@ class ShardEndpoint:
         except EvaluatorBusy as err:
             reply = {"op": "result", "id": request_id, "ok": False, "busy": True}
             write_frame(writer, {**reply, "message": str(err)})
+        except TreesMissing as err:
+            reply = {"op": "result", "id": request_id, "ok": False}
+            write_frame(writer, {**reply, "missing": list(err.digests)})
         except ReasonError as err:
             write_frame(
                 writer,

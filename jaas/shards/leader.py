@@ -32,7 +32,8 @@ from jaas.api.reasons import Reason, ReasonError
 from jaas.child import python_module_argv
 from jaas.evaluator.libraries import LibraryPathError, load_library_paths
 from jaas.evaluator.pool import EvaluatorPool
-from jaas.evaluator.request import EvaluatorBusy
+from jaas.evaluator.rendercache import evaluator_fingerprint
+from jaas.evaluator.request import EvaluatorBusy, TreesMissing
 from jaas.ipc import Header
 from jaas.observability import metrics
 from jaas.observability.memory import resident_bytes
@@ -69,6 +70,11 @@ class Leader:
             max_stack=options.max_stack,
             shared_libraries=shared_libraries,
             engine=options.engine,
+            cache_path=options.cache_path,
+        )
+        #: What about the pool shapes a render (``jaas.evaluator.rendercache``).
+        self.evaluator_fingerprint = evaluator_fingerprint(
+            options.engine, shared_libraries or {}, self.pool.max_stack
         )
         self.endpoint = ShardEndpoint(
             runtime_dir / "leader.sock",
@@ -115,6 +121,9 @@ class Leader:
             return evaluated
         except EvaluatorBusy:
             result = "busy"
+            raise
+        except TreesMissing:
+            result = "trees_missing"
             raise
         except ReasonError as err:
             if err.reason is Reason.EVALUATION_TIMEOUT:
@@ -218,6 +227,8 @@ class Leader:
             str(self.endpoint.socket_path),
             "--options",
             json.dumps(self.options.to_json()),
+            "--evaluator-fingerprint",
+            self.evaluator_fingerprint,
         )
 
     def _on_shard_exit(self, shard: str) -> Any:

@@ -25,6 +25,7 @@ from pathlib import Path
 from jaas import defaults
 from jaas.api.constants import SNIPPET_KIND
 from jaas.evaluator.libraries import library_path_aliases
+from jaas.evaluator.rendercache import RenderCache
 from jaas.observability import logging as jaas_logging
 from jaas.observability import metrics
 from jaas.observability.memory import resident_bytes
@@ -88,7 +89,11 @@ class ShardObjects:
 
 
 async def run_shard(
-    options: OperatorOptions, shard: str, members: list[str], leader_socket: Path
+    options: OperatorOptions,
+    shard: str,
+    members: list[str],
+    leader_socket: Path,
+    evaluator_fingerprint: str = "",
 ) -> int:
     """Run one shard until SIGTERM or until the leader goes away; return the exit code."""
     leader = LeaderConnection(leader_socket, shard)
@@ -128,8 +133,14 @@ async def run_shard(
         label_selector=options.label_selector,
     )
     objects.cache = cache
+    render_cache = (
+        RenderCache(artifact_cache, evaluator_fingerprint)
+        if options.render_cache and evaluator_fingerprint
+        else None
+    )
     reconciler = SnippetReconciler(
         client,
+        render_cache=render_cache,
         objects=objects,
         tokens=TokenCache(client),
         fetcher=fetcher,
@@ -229,7 +240,19 @@ async def _report(shard: str, cache: ObjectCache) -> None:
         await asyncio.sleep(5)
 
 
-def main(options: OperatorOptions, shard: str, members: list[str], leader_socket: Path) -> int:
-    """Process entry point of ``jaas shard``."""
+def main(
+    options: OperatorOptions,
+    shard: str,
+    members: list[str],
+    leader_socket: Path,
+    *,
+    evaluator_fingerprint: str = "",
+) -> int:
+    """Process entry point of ``jaas shard``.
+
+    ``evaluator_fingerprint`` is the leader's pool's
+    (``jaas.evaluator.rendercache.evaluator_fingerprint``); without it, or
+    with ``--render-cache=false``, every render is evaluated.
+    """
     jaas_logging.setup(shard, level=options.log_level, fmt=options.log_format)
-    return asyncio.run(run_shard(options, shard, members, leader_socket))
+    return asyncio.run(run_shard(options, shard, members, leader_socket, evaluator_fingerprint))

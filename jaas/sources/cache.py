@@ -168,6 +168,19 @@ class ArtifactCache:
             raise
         self.evict(keep=final.name)
 
+    def touch(self, digest: Digest) -> bool:
+        """Refresh ``digest``'s entry as recently used; return whether it is on disk (blocking).
+
+        Cheaper than :meth:`get` (nothing is read or verified): for a writer
+        that only needs the entry to stay, e.g. a file tree it has stored
+        before (``jaas.evaluator.trees``). A reader still verifies it.
+        """
+        try:
+            os.utime(self.object_path(digest))
+        except FileNotFoundError:
+            return False
+        return True
+
     async def get_or_fetch(self, digest: Digest, loader: Loader, *, origin: str = "") -> bytes:
         """Return the tarball for ``digest``, sharing downloads only as far as they succeed.
 
