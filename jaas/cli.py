@@ -1,4 +1,4 @@
-"""The ``jaas`` command line: ``jaas operator`` (and the internal ``jaas shard``).
+"""The ``jaas`` command line: ``jaas operator``, ``jaas render`` (and the internal ``jaas shard``).
 
 Exit codes follow metio/jaas: 0 ok, 1 runtime failure, 2 flag misuse.
 """
@@ -25,6 +25,8 @@ from jaas.options import (
     parse_ext_vars,
     parse_quantity,
 )
+from jaas.render import add_render_parser
+from jaas.render import main_from_args as render_main
 
 
 def _bool(text: str) -> bool:
@@ -302,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory for the control socket and metrics files; unset: a new temp dir",
     )
 
+    add_render_parser(sub)
+
     shard = sub.add_parser("shard", help=argparse.SUPPRESS)
     shard.add_argument("--shard-name", required=True)
     shard.add_argument("--members", required=True)
@@ -356,4 +360,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _operator(args)
     if args.command == "shard":
         return _shard(args)
+    if args.command == "render":
+        return render_main(args)
     return 2

@@ -242,6 +242,142 @@ def _age(timestamp: str) -> float:
     return time.time() - then
 
 
+def check_external_variables(spec: SnippetSpec, operator_ext_vars: Mapping[str, str]) -> None:
+    """Refuse ``spec.externalVariables`` that redefine the operator's (``--ext-var``).
+
+    Raises:
+        ReasonError: ``ExternalVariableConflict`` naming the clashing names
+            (metio/jaas ``internal/operator/variables.go``).
+    """
+    clashes = sorted(v.name for v in spec.external_variables if v.name in operator_ext_vars)
+    if clashes:
+        raise ReasonError(
+            Reason.EXTERNAL_VARIABLE_CONFLICT,
+            "spec.externalVariables may not redefine the operator's external "
+            "variables (--ext-var, JAAS_EXT_VAR_*): " + ", ".join(clashes),
+        )
+
+
+def check_entry_file(entry_file: str, resolved: ResolvedSource) -> None:
+    """Refuse a source whose files do not hold ``entry_file``.
+
+    Raises:
+        ReasonError: ``InvalidSpec`` listing (up to ten of) the files there are.
+    """
+    if entry_file not in resolved.files:
+        names = sorted(resolved.files)
+        shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+        raise ReasonError(
+            Reason.INVALID_SPEC,
+            f"resolve source: entry file {entry_file!r} is not among the "
+            f"{len(names)} files of {resolved.origin}: {shown}",
+        )
+
+
+def output_cap(spec: SnippetSpec, max_artifact_bytes: int) -> int:
+    """Largest rendered output ``package_output`` could publish (0: the output is not published).
+
+    ``max_artifact_bytes`` is ``--max-artifact-bytes`` (0: no operator cap;
+    the 16 MiB a consumer extracts per file always applies).
+    """
+    if spec.output != "rendered":
+        return 0  # output: source publishes the files; the render only has to succeed
+    return min(MAX_ENTRY_BYTES, max_artifact_bytes or MAX_ENTRY_BYTES)
+
+
+def evaluation_request(
+    spec: SnippetSpec,
+    files: Mapping[str, bytes],
+    libraries: Mapping[str, Mapping[str, bytes]],
+    *,
+    label: str,
+    operator_ext_vars: Mapping[str, str],
+    max_stack: int,
+    max_artifact_bytes: int,
+) -> EvaluationRequest:
+    """The evaluation of ``spec`` over its resolved ``files`` and ``libraries``.
+
+    The operator's external variables come first, sorted by name, then the
+    snippet's (``check_external_variables`` has refused overlaps). The
+    evaluator refuses an output larger than ``package_output`` could publish
+    (``output_cap``) before sending it; ``output: source`` discards the output.
+
+    Args:
+        spec: the parsed snippet spec.
+        files: the snippet's files (inline, or its source's artifact).
+        libraries: ``{alias: files}`` of ``spec.libraries``.
+        label: ``<namespace>/<name>`` of the snippet, for logs and fair queueing.
+        operator_ext_vars: ``--ext-var`` / ``JAAS_EXT_VAR_*``.
+        max_stack: ``--max-stack``.
+        max_artifact_bytes: ``--max-artifact-bytes`` (0: none).
+    """
+    operator_vars = tuple(
+        JsonnetVariable(name=k, value=v) for k, v in sorted(operator_ext_vars.items())
+    )
+    cap = output_cap(spec, max_artifact_bytes)
+    return EvaluationRequest(
+        entry_file=spec.entry_file,
+        files=files,
+        tlas=spec.tlas,
+        external_variables=operator_vars + spec.external_variables,
+        libraries=libraries,
+        max_stack=max_stack,
+        label=label,
+        max_output_bytes=cap,
+        max_output_name=(
+            "--max-artifact-bytes"
+            if cap == max_artifact_bytes
+            else "the most one file consumers can extract"
+        ),
+        discard_output=spec.output != "rendered",
+    )
+
+
+async def evaluate_request(
+    evaluate: Callable[[EvaluationRequest], Awaitable[EvaluationResult]],
+    request: EvaluationRequest,
+) -> EvaluationResult:
+    """``await evaluate(request)``, saying so when the evaluator refused an oversized output.
+
+    Raises:
+        ReasonError: as ``evaluate``; ``ArtifactTooLarge`` ends with "refused
+            in the evaluator, nothing published".
+    """
+    try:
+        return await evaluate(request)
+    except ReasonError as err:
+        if err.reason is not Reason.ARTIFACT_TOO_LARGE:
+            raise
+        raise ReasonError(
+            Reason.ARTIFACT_TOO_LARGE,
+            f"{err.message}; refused in the evaluator, nothing published",
+        ) from err
+
+
+def package_output(
+    spec: SnippetSpec,
+    files: Mapping[str, bytes],
+    result: EvaluationResult,
+    *,
+    max_artifact_bytes: int,
+) -> Package:
+    """The deterministic tarball the snippet publishes: its render, or its source ``files``.
+
+    Blocking (tar and gzip): call from a thread on an event loop.
+
+    Raises:
+        ReasonError: ``ArtifactTooLarge`` (over ``max_artifact_bytes``, 0:
+            none), or ``InvalidSpec`` for a source file name consumers would
+            drop (``output: source``).
+    """
+    cap = max_artifact_bytes or None
+    if spec.output == "rendered":
+        return package_rendered(
+            result.rendered, result.consumer_files, result.objects_summary, max_artifact_bytes=cap
+        )
+    return package_sources(files, max_artifact_bytes=cap)
+
+
 class SnippetReconciler:
     """Reconciles one snippet at a time; the controller serialises calls per key.
 
@@ -367,15 +503,7 @@ class SnippetReconciler:
                 spec.service_account_name,
                 self.options.default_service_account,
             )
-            clashes = sorted(
-                v.name for v in spec.external_variables if v.name in self.options.operator_ext_vars
-            )
-            if clashes:
-                raise ReasonError(
-                    Reason.EXTERNAL_VARIABLE_CONFLICT,
-                    "spec.externalVariables may not redefine the operator's external "
-                    "variables (--ext-var, JAAS_EXT_VAR_*): " + ", ".join(clashes),
-                )
+            check_external_variables(spec, self.options.operator_ext_vars)
             check_aliases(spec.libraries, self.options.shared_library_aliases)
             await self._check_cycles(obj, spec)
             return spec
@@ -484,14 +612,7 @@ class SnippetReconciler:
                 no_cross_namespace_refs=self.options.no_cross_namespace_refs,
             )
             span.set_attribute("jaas.source.fileCount", len(resolved.files))
-            if spec.entry_file not in resolved.files:
-                names = sorted(resolved.files)
-                shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
-                raise ReasonError(
-                    Reason.INVALID_SPEC,
-                    f"resolve source: entry file {spec.entry_file!r} is not among the "
-                    f"{len(names)} files of {resolved.origin}: {shown}",
-                )
+            check_entry_file(spec.entry_file, resolved)
             return resolved
 
     async def resolve_libraries(
@@ -524,7 +645,7 @@ class SnippetReconciler:
         """Evaluate the entry file in an evaluator process.
 
         The evaluator refuses an output larger than ``package`` could publish
-        before sending it (``_output_cap``, and the per-file limit on the
+        before sending it (``output_cap``, and the per-file limit on the
         files it computes beside ``rendered.json``), so an oversized render
         never reaches the leader or this shard. For ``output: rendered`` the
         result carries those files and the objects summary, so this shard
@@ -538,36 +659,18 @@ class SnippetReconciler:
         with tracer.start_as_current_span("snippet.evaluate") as span:
             span.set_attribute("jaas.source.fileCount", len(source.files))
             span.set_attribute("jaas.library.count", len(libraries))
-            operator_vars = tuple(
-                JsonnetVariable(name=k, value=v)
-                for k, v in sorted(self.options.operator_ext_vars.items())
-            )
-            cap = self._output_cap(spec)
-            request = EvaluationRequest(
-                entry_file=spec.entry_file,
-                files=source.files,
-                tlas=spec.tlas,
-                external_variables=operator_vars + spec.external_variables,
-                libraries=libraries,
-                max_stack=self.options.max_stack,
+            request = evaluation_request(
+                spec,
+                source.files,
+                libraries,
                 label=f"{meta['namespace']}/{meta['name']}",
-                max_output_bytes=cap,
-                max_output_name=(
-                    "--max-artifact-bytes"
-                    if cap == self.options.max_artifact_bytes
-                    else "the most one file consumers can extract"
-                ),
-                discard_output=spec.output != "rendered",
+                operator_ext_vars=self.options.operator_ext_vars,
+                max_stack=self.options.max_stack,
+                max_artifact_bytes=self.options.max_artifact_bytes,
             )
-            try:
-                result = await self._evaluate_or_reuse(request, span)
-            except ReasonError as err:
-                if err.reason is not Reason.ARTIFACT_TOO_LARGE:
-                    raise
-                raise ReasonError(
-                    Reason.ARTIFACT_TOO_LARGE,
-                    f"{err.message}; refused in the evaluator, nothing published",
-                ) from err
+            result = await evaluate_request(
+                lambda request: self._evaluate_or_reuse(request, span), request
+            )
             span.set_attribute("jaas.eval.renderedBytes", result.size)
             return result
 
@@ -606,13 +709,6 @@ class SnippetReconciler:
             log.warning("render of %s not cached: %s", request.label, err)
         return result
 
-    def _output_cap(self, spec: SnippetSpec) -> int:
-        """Largest rendered output ``package`` could publish (0: the output is not published)."""
-        if spec.output != "rendered":
-            return 0  # output: source publishes the files; the render only has to succeed
-        caps = [MAX_ENTRY_BYTES, self.options.max_artifact_bytes or MAX_ENTRY_BYTES]
-        return min(caps)
-
     async def package(
         self, spec: SnippetSpec, source: ResolvedSource, result: EvaluationResult
     ) -> Package:
@@ -623,19 +719,13 @@ class SnippetReconciler:
                 file name consumers would drop (``output: source``).
         """
         with tracer.start_as_current_span("snippet.package") as span:
-            cap = self.options.max_artifact_bytes or None
-            if spec.output == "rendered":
-                package = await asyncio.to_thread(
-                    package_rendered,
-                    result.rendered,
-                    result.consumer_files,
-                    result.objects_summary,
-                    max_artifact_bytes=cap,
-                )
-            else:
-                package = await asyncio.to_thread(
-                    package_sources, source.files, max_artifact_bytes=cap
-                )
+            package = await asyncio.to_thread(
+                package_output,
+                spec,
+                source.files,
+                result,
+                max_artifact_bytes=self.options.max_artifact_bytes,
+            )
             span.set_attribute("jaas.package.bytes", package.size)
             return package
 

@@ -116,9 +116,7 @@ async def resolve_source(
             ``SourceNotReady``, ``RBACDenied`` or ``InvalidSpec`` (empty source).
     """
     if source_ref is None:
-        if not inline_files:
-            raise ReasonError(Reason.INVALID_SPEC, "exactly one of files or sourceRef must be set")
-        return ResolvedSource({k: v.encode() for k, v in inline_files.items()}, "inline")
+        return inline_source(inline_files)
     namespace = source_ref.namespace_or(owner_namespace)
     ident = f"{source_ref.kind} {namespace}/{source_ref.name}"
     check_namespace(
@@ -193,14 +191,51 @@ async def _fetch(
         raise ReasonError(
             err.reason, f"{stage}: {ident}: {err.message}", transient=err.transient
         ) from err
+    revision = artifact.get("revision")
+    return artifact_source(
+        files,
+        source_ref,
+        namespace,
+        revision if isinstance(revision, str) else None,
+        stage=stage,
+    )
+
+
+def inline_source(inline_files: Mapping[str, str]) -> ResolvedSource:
+    """The snippet's (or library's) inline ``spec.files``, UTF-8 encoded.
+
+    Raises:
+        ReasonError: ``InvalidSpec`` when there are none (and no sourceRef).
+    """
+    if not inline_files:
+        raise ReasonError(Reason.INVALID_SPEC, "exactly one of files or sourceRef must be set")
+    return ResolvedSource({k: v.encode() for k, v in inline_files.items()}, "inline")
+
+
+def artifact_source(
+    files: dict[str, bytes],
+    source_ref: SourceRef,
+    namespace: str,
+    revision: str | None,
+    *,
+    stage: str = "resolve source",
+) -> ResolvedSource:
+    """The files extracted from ``source_ref``'s artifact (under its ``path``) as a source.
+
+    Args:
+        files: what ``jaas.sources.extract.extract_tarball`` returned.
+        source_ref: the reference.
+        namespace: the namespace the reference resolves to.
+        revision: the artifact's Flux revision, if known.
+        stage: the pipeline stage named in messages.
+
+    Raises:
+        ReasonError: ``InvalidSpec`` when no usable file is there.
+    """
     if not files:
+        ident = f"{source_ref.kind} {namespace}/{source_ref.name}"
         where = f" under path {source_ref.path!r}" if source_ref.path else ""
         raise ReasonError(
             Reason.INVALID_SPEC, f"{stage}: the artifact of {ident} holds no usable files{where}"
         )
-    revision = artifact.get("revision")
-    return ResolvedSource(
-        files,
-        f"{source_ref.kind}/{namespace}/{source_ref.name}",
-        revision if isinstance(revision, str) else None,
-    )
+    return ResolvedSource(files, f"{source_ref.kind}/{namespace}/{source_ref.name}", revision)
