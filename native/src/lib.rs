@@ -57,6 +57,9 @@ const STACK_SIZE: usize = 512 * 1024 * 1024;
 /// would otherwise print 200,000 lines).
 const MAX_FRAMES: usize = 200;
 
+/// The description of the frame jrsonnet pushes where a file fails to parse.
+const PARSE_FRAME: &str = "parse imported";
+
 create_exception!(
     jaas_jrsonnet,
     JsonnetError,
@@ -337,8 +340,8 @@ impl Job {
 /// Formats an error as rjsonnet does (jrsonnet's compact, vanilla-like
 /// format: the error, then `    <path>:line:col[-col]: <description>` per
 /// frame), with static-analysis errors as frames (the compact format omits
-/// their positions; warnings stay in the first line only) and the middle of
-/// a long trace elided.
+/// their positions; warnings stay in the first line only), a syntax error's
+/// position printed once, and the middle of a long trace elided.
 fn format_error(mut error: Error) -> String {
     if let ErrorKind::StaticAnalysisError(diagnostics) = error.error() {
         let frames: Vec<StackTraceElement> = diagnostics
@@ -352,6 +355,16 @@ fn format_error(mut error: Error) -> String {
             })
             .collect();
         error.trace_mut().0.splice(0..0, frames);
+    }
+    if let ErrorKind::ImportSyntaxError { error: syntax, .. } = error.error() {
+        // The compact format prints the syntax error's position under the
+        // message already; jrsonnet also pushes a "parse imported" frame at
+        // the same position. Frames of the importing files stay.
+        let position = Some(syntax.location.clone());
+        error
+            .trace_mut()
+            .0
+            .retain(|frame| !(frame.desc == PARSE_FRAME && frame.location == position));
     }
     let frames = &mut error.trace_mut().0;
     if frames.len() > MAX_FRAMES {

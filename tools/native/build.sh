@@ -3,8 +3,9 @@
 # jrsonnet, built with maturin into an abi3 wheel), and installs the wheel in
 # the virtualenv. The wheel is cached under ~/.cache/jaas-py/native keyed by a
 # hash of the crate's sources (Cargo.toml, Cargo.lock, src/, pyproject.toml,
-# the type stub), this script and `rustc --version`: when it exists this
-# script only makes sure it is the one installed (a stamp in the virtualenv).
+# the type stub, the patched jrsonnet crates in vendor/), this script and
+# `rustc --version`: when it exists this script only makes sure it is the one
+# installed (a stamp in the virtualenv).
 # Cargo's target directory lives in the cache too, so a rebuild after a
 # change is incremental. Prints the wheel's path on its last line.
 #
@@ -32,7 +33,7 @@ rustver=$(rustc --version)
 key=$(
   {
     echo "$rustver"
-    cd "$native" && find Cargo.toml Cargo.lock pyproject.toml jaas_jrsonnet.pyi src -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    cd "$native" && find Cargo.toml Cargo.lock pyproject.toml jaas_jrsonnet.pyi src vendor -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
     cd "$here" && sha256sum build.sh
   } | sha256sum | cut -c1-16
 )
