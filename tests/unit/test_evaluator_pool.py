@@ -189,6 +189,20 @@ async def test_memory_cap(pool: EvaluatorPool) -> None:
     assert (await pool.evaluate(snippet("2"))).rendered == b"2\n"
 
 
+@pytest.mark.parametrize("engine", ["jrsonnet", "go-jsonnet"])
+async def test_every_engine_names_the_memory_cap_it_ran_into(engine: str) -> None:
+    # Go's runtime writes "fatal error: runtime: cannot allocate memory" first
+    # and a dump of every goroutine after it: the pool sees the sign as it is
+    # written, not only in the tail it keeps.
+    bomb = "local a = std.makeArray(50000000, function(i) 'x%d' % i); std.length(std.join(',', a))"
+    async with EvaluatorPool(1, timeout=60.0, memory_limit=1 * GiB, engine=engine) as capped:
+        error = await failure(capped, snippet(bomb))
+        assert error.message == (
+            "the evaluator process exceeded the memory limit of 1 GiB while evaluating main.jsonnet"
+        )
+        assert (await capped.evaluate(snippet("2"))).rendered == b"2\n"
+
+
 @pytest.mark.parametrize("source", ["std.log(0)", "[std.exp(1000)]", "{a: -std.exp(1000)}"])
 async def test_non_finite_output_fails(pool: EvaluatorPool, source: str) -> None:
     error = await failure(pool, snippet(source))
