@@ -100,9 +100,10 @@ def _load(module: str, install: str) -> ModuleType:
 class Jrsonnet:
     """jaas-jrsonnet (``native/``), our own binding of jrsonnet 0.5.0-pre98: the default.
 
-    Three jrsonnet crates are patched (``native/vendor/README.md``): runtime
-    errors name their ``file:line:col`` as go-jsonnet's do, and ``function(a)
-    a`` takes a TLA ``a``.
+    Four jrsonnet crates are patched (``native/vendor/README.md``): runtime
+    errors name their ``file:line:col`` as go-jsonnet's do, ``function(a)
+    a`` takes a TLA ``a``, and ``std.log2`` / ``std.log10`` round as
+    go-jsonnet's.
     """
 
     name = "jrsonnet"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+import sys
 
 import _gojsonnet
 import pytest
@@ -243,3 +244,82 @@ def test_depth_limit_is_go_jsonnets(max_stack: int) -> None:
     )
     with pytest.raises(OutputError):
         manifest_json([value], max_depth=max_stack)
+
+
+# Deep nesting: the manifester writes the first levels recursively and deeper
+# ones with an explicit stack, so no depth needs Python's recursion limit raised.
+
+
+def nested_value(depth: int, innermost: object) -> object:
+    """``innermost`` inside ``depth`` arrays, built without recursion."""
+    value = innermost
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def mixed_value(depth: int) -> tuple[object, str]:
+    """Objects and arrays alternating ``depth`` levels deep, scalars and empties on each level.
+
+    Returns the value and its Jsonnet source, both built without recursion.
+    """
+    value: object = {"leaf": "end", "n": 0.5}
+    prefix: list[str] = []
+    suffix: list[str] = []
+    for level in range(depth - 1):
+        if level % 2:
+            value = [level * 1.0, value, "s\x85", [], {}, None, True]
+            prefix.append(f"[{level}, ")
+            suffix.append(', "s\\u0085", [], {}, null, true]')
+        else:
+            value = {"z": value, "a": level * 1.0, "e": {}, "l": [], "t": False, "\x7f": "x"}
+            prefix.append(f'{{a: {level}, e: {{}}, l: [], t: false, "\\u007f": "x", z: ')
+            suffix.append("}")
+    source = "".join(reversed(prefix)) + '{leaf: "end", n: 0.5}' + "".join(suffix)
+    return value, source
+
+
+def test_deep_output_matches_go_jsonnet_within_the_default_recursion_limit() -> None:
+    depth = 1500
+    assert sys.getrecursionlimit() < depth  # the walk does not rely on a raised limit
+    value, source = mixed_value(depth)
+    expected = _gojsonnet.evaluate_snippet("main.jsonnet", source, max_stack=depth + 10)
+    assert manifest_json(value) == expected
+    assert manifest_json(value, max_depth=depth + 1) == expected
+
+
+def test_ten_thousand_nested_arrays_manifest() -> None:
+    depth = 10_000
+    text = manifest_json(nested_value(depth - 1, []))
+    lines = text.splitlines()
+    assert len(lines) == 2 * depth - 1
+    assert lines[0] == "["
+    assert lines[depth - 1] == " " * 3 * (depth - 1) + "[ ]"
+    assert lines[depth] == " " * 3 * (depth - 2) + "]"
+    assert lines[-1] == "]"
+    assert text == "".join(
+        [" " * 3 * d + "[\n" for d in range(depth - 1)]
+        + [" " * 3 * (depth - 1) + "[ ]\n"]
+        + [" " * 3 * d + "]\n" for d in reversed(range(depth - 1))]
+    )
+
+
+@pytest.mark.parametrize("max_stack", [99, 100, 101, 1500])
+def test_depth_limit_is_go_jsonnets_at_any_depth(max_stack: int) -> None:
+    # Arrays: max_stack of them render (the innermost empty), one more fails.
+    accepted = nested_value(max_stack - 1, [])
+    assert manifest_json(accepted, max_depth=max_stack) == _gojsonnet.evaluate_snippet(
+        "main.jsonnet", nested_arrays(max_stack), max_stack=max_stack
+    )
+    with pytest.raises(OutputError, match="max stack frames exceeded"):
+        manifest_json(nested_value(max_stack, []), max_depth=max_stack)
+    # Objects: a scalar may sit inside max_stack - 1 of them, not max_stack.
+    scalar = "{a:" * (max_stack - 1) + "1" + "}" * (max_stack - 1)
+    value: object = 1.0
+    for _ in range(max_stack - 1):
+        value = {"a": value}
+    assert manifest_json(value, max_depth=max_stack) == _gojsonnet.evaluate_snippet(
+        "main.jsonnet", scalar, max_stack=max_stack
+    )
+    with pytest.raises(OutputError, match="max stack frames exceeded"):
+        manifest_json({"b": value}, max_depth=max_stack)

@@ -480,3 +480,18 @@ def test_import_callback_runs_with_the_gil_from_the_evaluation_thread() -> None:
 def test_format_e_of_zero() -> None:
     assert snippet("'%e' % 0") == "0.000000e+00"
     assert snippet("'%e' % 12345.678") == "1.234568e+04"
+
+
+def test_log2_and_log10_round_as_go_jsonnets() -> None:
+    # go-jsonnet 0.22's std.jsonnet: log2(x) = std.log(x) / std.log(2), the same for 10.
+    code = "[std.log2(10), std.log10(1000), std.log10(2), std.log10(0.001), std.log2(8)]"
+    text = jaas_jrsonnet.evaluate_file(
+        "/snippet/main.jsonnet", import_callback=Files({"main.jsonnet": code})
+    )
+    assert json.loads(text) == [
+        3.3219280948873626,
+        2.9999999999999996,
+        0.30102999566398114,
+        -2.9999999999999996,
+        3,
+    ]
