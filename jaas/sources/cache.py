@@ -30,9 +30,15 @@ sha384, sha512 and blake3, so two algorithms never share a file. Layout under
   The filler unlinks the lock file while still holding it; a waiter that then
   locks the unlinked file notices (inode changed) and retries, so lock files
   do not pile up.
-- Size is bounded: a hit touches the entry's mtime, and after each write the
+- Size is bounded: a hit touches the entry's mtime, and after a write the
   oldest entries (by mtime) are evicted until the total is at most
-  ``max_bytes``.
+  ``max_bytes``. Finding them takes a scan of the directory, so a process
+  scans only when its own writes since its last scan could have passed the
+  bound, and at least every :data:`EVICT_SCAN_EVERY` writes (writes of other
+  processes then overshoot the bound by at most that many entries each, until
+  the next scan); a cache of 20,000 entries written to for every reconcile
+  (file trees and renders, ``jaas.evaluator.rendercache``) would otherwise
+  stat every entry on every write.
 
 Blocking methods (:meth:`ArtifactCache.get`, :meth:`ArtifactCache.put`) do
 file I/O, zstd and hashing on up to tens of MiB; call them from a thread when
@@ -65,6 +71,9 @@ ZSTD_LEVEL: Final = 3
 MAX_ENTRY_BYTES: Final = 1 << 30
 #: Temporary files older than this (seconds) are leftovers of a crashed writer.
 STALE_TMP_SECONDS: Final = 3600.0
+#: Writes after which a process scans for eviction even when its own writes
+#: since the last scan leave room (other processes write to the same directory).
+EVICT_SCAN_EVERY: Final = 64
 #: How often a waiter retries another process's file lock (seconds).
 LOCK_POLL_INTERVAL: Final = 0.02
 _SUFFIX: Final = ".zst"
@@ -88,7 +97,8 @@ class ArtifactCache:
     that returned bytes), ``coalesced`` (callers that joined a fill already
     running in this process), ``unshared`` (callers whose wait for another
     origin's fill ended in its failure or ran out, so they downloaded
-    themselves), ``evictions``, ``corrupt`` (entries deleted
+    themselves), ``evictions``, ``scans`` (directory scans for eviction),
+    ``corrupt`` (entries deleted
     because they failed verification) and ``write_errors`` (downloads that
     could not be stored, e.g. disk full; the caller still gets the bytes).
 
@@ -120,6 +130,12 @@ class ArtifactCache:
         self.evictions = 0
         self.corrupt = 0
         self.write_errors = 0
+        # The total found by the last eviction scan (None: no scan yet) and what
+        # this process wrote since; see the module docstring.
+        self.scans = 0
+        self._scanned_total: int | None = None
+        self._written_since_scan = 0
+        self._writes_since_scan = 0
 
     def object_path(self, digest: Digest) -> Path:
         """Where the entry for ``digest`` lives (whether or not it exists).
@@ -166,7 +182,14 @@ class ArtifactCache:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        self.evict(keep=final.name)
+        self._written_since_scan += len(blob)
+        self._writes_since_scan += 1
+        if (
+            self._scanned_total is None
+            or self._scanned_total + self._written_since_scan > self.max_bytes
+            or self._writes_since_scan >= EVICT_SCAN_EVERY
+        ):
+            self.evict(keep=final.name)
 
     def touch(self, digest: Digest) -> bool:
         """Refresh ``digest``'s entry as recently used; return whether it is on disk (blocking).
@@ -378,6 +401,7 @@ class ArtifactCache:
         once (an entry another process already removed is skipped).
         """
         entries = self._entries()
+        self.scans += 1
         total = sum(size for _, size, _ in entries)
         evicted = 0
         for _, size, path in sorted(entries, key=lambda entry: entry[0]):
@@ -390,6 +414,9 @@ class ArtifactCache:
                 evicted += 1
             total -= size
         self.evictions += evicted
+        self._scanned_total = total
+        self._written_since_scan = 0
+        self._writes_since_scan = 0
         return evicted
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ import pytest_asyncio
 import zstandard
 from aiohttp import web
 
-from jaas.sources.cache import ArtifactCache, entry_key
+from jaas.sources.cache import EVICT_SCAN_EVERY, ArtifactCache, entry_key
 from jaas.sources.digest import ALGORITHMS, Digest
 from jaas.sources.fetch import ArtifactFetcher
 from jaas.sources.urlguard import URLGuard
@@ -561,3 +561,18 @@ async def test_three_processes_cause_one_download(
     assert sum(r[1] for r in results) == 1  # downloads
     assert sum(r[2] for r in results) == 2  # the other two read the filled entry
     assert list((tmp_path / "cache" / "locks").iterdir()) == []
+
+
+def test_writes_scan_the_directory_only_when_the_bound_may_be_passed(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path / "cache", max_bytes=1 << 30)
+    try:
+        for i in range(200):
+            cache.put(*blob(1000 + i))
+        # The first write, then one every EVICT_SCAN_EVERY: not one per write.
+        assert cache.scans == 1 + 199 // EVICT_SCAN_EVERY
+        small = ArtifactCache(tmp_path / "small", max_bytes=3 * 1024)
+        for i in range(10):
+            small.put(*blob(2000 + i, 1024))
+            assert small.size_bytes() <= small.max_bytes  # still exact for one writer
+    finally:
+        cache.close()
