@@ -167,7 +167,7 @@ async def test_recursive_array_manifestation_fails_and_the_pool_recovers() -> No
         error = await failure(roomy, snippet("local f(x) = [f(x)]; f(1)"))
         assert error.reason is Reason.EVALUATION_FAILED
         assert error.message == (
-            "the evaluator process exceeded the memory limit of 2 GiB while evaluating main.jsonnet"
+            "the evaluator process exceeded the memory limit of 1 GiB while evaluating main.jsonnet"
         )
         assert roomy.crashes == 1
         assert (await roomy.evaluate(snippet("[1]"))).rendered == b"[\n   1\n]\n"
@@ -196,7 +196,8 @@ async def test_every_engine_names_the_memory_cap_it_ran_into(engine: str) -> Non
     # and a dump of every goroutine after it: the pool sees the sign as it is
     # written, not only in the tail it keeps.
     bomb = "local a = std.makeArray(50000000, function(i) 'x%d' % i); std.length(std.join(',', a))"
-    async with EvaluatorPool(1, timeout=60.0, memory_limit=defaults.EVALUATION_MEMORY_LIMIT, engine=engine
+    async with EvaluatorPool(
+        1, timeout=60.0, memory_limit=defaults.EVALUATION_MEMORY_LIMIT, engine=engine
     ) as capped:
         error = await failure(capped, snippet(bomb))
         assert error.message == (
