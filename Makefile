@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CACHE := $(HOME)/.cache/jaas-py
 ONCE ?=
 
-.PHONY: all venv controlplane flux native corpus controlplane-mod test lint typecheck unit e2e demo clean
+.PHONY: all venv controlplane flux otelcol promtool native corpus controlplane-mod test lint typecheck unit e2e demo clean
 
 all: test
 
@@ -29,6 +29,16 @@ controlplane:
 # kustomize-controller and an OCI registry from their Go modules. See tools/flux/.
 flux:
 	@tools/flux/build.sh >/dev/null
+
+# Builds (or reuses from ~/.cache/jaas-py) an OpenTelemetry Collector (OTLP
+# receiver, file exporter) with the collector builder. See tools/otelcol/.
+otelcol:
+	@tools/otelcol/build.sh >/dev/null
+
+# Builds (or reuses from ~/.cache/jaas-py) promtool from the Prometheus Go
+# module, which checks and unit-tests deploy/prometheus/. See tools/promtool/.
+promtool:
+	@tools/promtool/build.sh >/dev/null
 
 # Builds (or reuses from ~/.cache/jaas-py) jaas-jrsonnet, the native Jsonnet
 # module in native/, and installs its wheel in the virtualenv. Needs cargo.
@@ -52,14 +62,14 @@ lint: venv
 typecheck: venv native
 	$(VENV)/bin/mypy jaas tests loadtests
 
-unit: venv native
+unit: venv native promtool
 	$(VENV)/bin/pytest tests/unit
 
-e2e: venv native controlplane flux
+e2e: venv native controlplane flux otelcol
 	tools/netns/run $(VENV)/bin/pytest tests/e2e
 
 # The whole suite: lint, types, unit and end-to-end tests on a real control plane.
-test: venv native controlplane flux corpus
+test: venv native controlplane flux otelcol promtool corpus
 	$(VENV)/bin/ruff check jaas tests loadtests
 	$(VENV)/bin/ruff format --check jaas tests loadtests
 	$(VENV)/bin/mypy jaas tests loadtests

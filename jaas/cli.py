@@ -29,6 +29,16 @@ from jaas.render import add_render_parser
 from jaas.render import main_from_args as render_main
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("true", "1", "yes"):
@@ -299,6 +309,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     op.add_argument("--log-format", choices=["json", "text"], default=d.log_format)
     op.add_argument(
+        "--shutdown-timeout",
+        type=duration_flag,
+        default=format_duration(d.shutdown_timeout),
+        help="after SIGTERM, how long in-flight reconciles may take to finish",
+    )
+    op.add_argument(
+        "--tracing-endpoint",
+        default=d.tracing_endpoint,
+        metavar="HOST:PORT",
+        help="OTLP/gRPC collector for traces; '' leaves tracing to the OTEL_* environment "
+        "(off unless OTEL_EXPORTER_OTLP_ENDPOINT is set)",
+    )
+    op.add_argument(
+        "--tracing-insecure",
+        type=_bool,
+        default=d.tracing_insecure,
+        help="plaintext gRPC to --tracing-endpoint instead of TLS",
+    )
+    op.add_argument(
+        "--tracing-sample-ratio",
+        type=_ratio,
+        default=d.tracing_sample_ratio,
+        help="fraction of reconciles traced, 0..1 (unset: OTEL_TRACES_SAMPLER, else all)",
+    )
+    op.add_argument(
         "--runtime-dir",
         default=d.runtime_dir,
         help="directory for the control socket and metrics files; unset: a new temp dir",
@@ -334,6 +369,14 @@ def _operator(args: argparse.Namespace) -> int:
     from jaas.observability import logging as jaas_logging
 
     jaas_logging.setup("leader", level=options.log_level, fmt=options.log_format)
+    from jaas.observability import tracing
+
+    # Into the environment every child process inherits, before there is one.
+    tracing.apply_tracing_flags(
+        options.tracing_endpoint,
+        insecure=options.tracing_insecure,
+        sample_ratio=options.tracing_sample_ratio,
+    )
     from jaas.shards import leader
 
     return leader.main(options, runtime)

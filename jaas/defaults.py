@@ -119,6 +119,12 @@ LEADER_MEMORY_LIMIT: Final = 1 * GiB
 #: far shorter bound: downloads 300 s, evaluations the evaluation timeout).
 SHARD_STUCK_RECONCILE: Final = 900.0
 
+# --- shutdown and observability -------------------------------------------------------
+#: ``--shutdown-timeout``: after SIGTERM, how long in-flight reconciles may take to
+#: finish before they are cancelled (controller-runtime's graceful shutdown
+#: timeout; metio/jaas gives its manager 25 s).
+SHUTDOWN_TIMEOUT: Final = 25.0
+
 # --- tenant identity (JaaS internal/operator/token.go) --------------------------------
 #: Lifetime requested for tenant ServiceAccount tokens.
 TOKEN_TTL: Final = 3600.0

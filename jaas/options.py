@@ -119,6 +119,11 @@ class OperatorOptions:
     ext_vars: dict[str, str] = field(default_factory=dict)
     log_level: str = "info"
     log_format: str = "json"
+    shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
+    #: metio/jaas ``--tracing-*``; the ``OTEL_*`` environment configures the rest.
+    tracing_endpoint: str = ""
+    tracing_insecure: bool = False
+    tracing_sample_ratio: float | None = None
     runtime_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -143,9 +143,9 @@ class Rendered:
 
 def condition_of(err: ReasonError) -> tuple[str, str]:
     """The Ready ``(reason, message)`` the operator writes for ``err`` (the message shortened)."""
-    from jaas.operator.reconciler import shorten_message
+    from jaas.operator.reconciler import failure_message, shorten_message
 
-    return err.reason.value, shorten_message(err.message)
+    return err.reason.value, shorten_message(failure_message(err))
 
 
 # --- local directories as artifacts ---------------------------------------------------

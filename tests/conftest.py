@@ -9,6 +9,13 @@ exception (the evaluator pool tests can leave a subprocess transport whose
 source re-entrantly and CPython 3.11 aborts the session with ``SystemError:
 AST constructor recursion depth mismatch``. Importing hypothesis here, before
 any test runs, leaves no import for the end of the session.
+
+Property tests have no deadline: a test asserts behaviour, not speed, and on a
+busy two-core machine (builds, other tests' subprocesses) Hypothesis's default
+200 ms per example fails correct code.
 """
 
-import hypothesis  # noqa: F401
+import hypothesis
+
+hypothesis.settings.register_profile("jaas", deadline=None)
+hypothesis.settings.load_profile("jaas")

@@ -45,8 +45,11 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
+
+from opentelemetry import trace
 
 import jaas
 from jaas import defaults
@@ -68,7 +71,9 @@ from jaas.evaluator.request import (
 )
 from jaas.fairqueue import FairQueue
 from jaas.ipc import FrameError, Header, encode_frame, read_frame, write_frame
-from jaas.observability.memory import cpu_seconds
+from jaas.observability import metrics, tracing
+from jaas.observability.memory import cpu_seconds, peak_resident_bytes
+from jaas.observability.multiproc import ENV as MULTIPROC_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +129,16 @@ def format_bytes(size: int) -> str:
     return f"{size} B"
 
 
+def _exit_description(returncode: int) -> str:
+    """``SIGKILL``-style signal name of a negative ``returncode``, else ``exit N``."""
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
 @dataclasses.dataclass(eq=False)
 class _Worker:
     """One evaluator process and the parent's end of its socket."""
@@ -140,6 +155,17 @@ class _Worker:
     monitor_task: asyncio.Task[None] | None = None
     busy: bool = False
     retired: bool = False
+    #: Of the evaluation in progress: CPU seconds used and peak resident
+    #: bytes, as last sampled (the worker resets its peak before each one).
+    cpu_used: float = 0.0
+    peak_rss: int = 0
+
+    def sample(self, cpu_before: float) -> None:
+        """Update ``cpu_used`` and ``peak_rss`` from ``/proc`` (unchanged if the worker is gone)."""
+        cpu = cpu_seconds(self.pid)
+        if cpu is not None:
+            self.cpu_used = cpu - cpu_before
+        self.peak_rss = max(self.peak_rss, peak_resident_bytes(self.pid))
 
     @property
     def pid(self) -> int:
@@ -365,35 +391,68 @@ class EvaluatorPool:
         """
         if not self._started or self._closed:
             raise RuntimeError("the evaluator pool is not running")
-        header = {**header, "max_stack": self.max_stack}
+        parent = None if trace.get_current_span().get_span_context().is_valid else header
+        with tracing.span(
+            "evaluator.evaluate",
+            kind=trace.SpanKind.SERVER if parent else trace.SpanKind.INTERNAL,
+            context=tracing.extract(parent) if parent else None,
+            attributes={"jaas.evaluator.engine": self.engine},
+            expected=(EvaluatorBusy, TreesMissing),
+        ) as span:
+            return await self._evaluate_traced(header, payload, span)
+
+    async def _evaluate_traced(
+        self, header: Header, payload: bytes, span: trace.Span
+    ) -> tuple[Header, bytes]:
+        """``evaluate_frame`` inside its span, which records the worker's side of the evaluation.
+
+        The span carries the worker's PID, the time spent waiting for it,
+        the CPU time and peak resident memory of the evaluation, and for a
+        worker that did not survive its exit status or signal; the worker's
+        own span (when it survives) is its child.
+        """
         entry_file = str(header.get("entry_file", ""))
         label = str(header.get("label") or "")
         flow = None if self._flow is None else self._flow(label)
         label = label or entry_file
+        span.set_attribute("jaas.entryFile", entry_file)
+        waiting = time.perf_counter()
         worker = await self._acquire(flow)
+        span.set_attribute("jaas.eval.queueSeconds", round(time.perf_counter() - waiting, 6))
+        span.set_attribute("jaas.evaluator.pid", worker.pid)
+        header = tracing.inject({**header, "max_stack": self.max_stack})
         self.evaluations += 1
+        metrics.EVAL_IN_FLIGHT.inc()
         try:
-            write_frame(worker.writer, header, payload)
-            del payload
-            await worker.writer.drain()
-            frame = await self._reply(worker)
-        except _Overrun as overrun:
-            self.timeouts += 1
-            self._retire(worker)
-            logger.warning(
-                "evaluation of %s in worker %d: %s; killed it", label, worker.pid, overrun
-            )
-            raise ReasonError(Reason.EVALUATION_TIMEOUT, str(overrun)) from None
-        except (FrameError, OSError):
-            frame = None
-        except BaseException:
-            # Cancelled (or worse) mid-evaluation: the worker cannot be interrupted.
-            self._retire(worker)
-            raise
+            try:
+                write_frame(worker.writer, header, payload)
+                del payload
+                await worker.writer.drain()
+                frame = await self._reply(worker)
+            except _Overrun as overrun:
+                self.timeouts += 1
+                self._retire(worker)
+                self._record_kill(span, worker, "timeout", "SIGKILL")
+                logger.warning(
+                    "evaluation of %s in worker %d: %s; killed it", label, worker.pid, overrun
+                )
+                raise ReasonError(Reason.EVALUATION_TIMEOUT, str(overrun)) from None
+            except (FrameError, OSError):
+                frame = None
+            except BaseException:
+                # Cancelled (or worse) mid-evaluation: the worker cannot be interrupted.
+                self._retire(worker)
+                raise
+            finally:
+                span.set_attribute("jaas.eval.cpuSeconds", round(worker.cpu_used, 3))
+                if worker.peak_rss:
+                    span.set_attribute("jaas.evaluator.peakRssBytes", worker.peak_rss)
+        finally:
+            metrics.EVAL_IN_FLIGHT.dec()
         if frame is None:
             if self._closed:
                 raise RuntimeError("the evaluator pool was closed during the evaluation")
-            raise await self._crashed(worker, entry_file, label)
+            raise await self._crashed(worker, entry_file, label, span)
         reply, body = frame
         kind = reply.get("type")
         if kind == RESULT:
@@ -428,19 +487,20 @@ class EvaluatorPool:
         Raises:
             _Overrun: a limit was passed (the message is the Ready message).
         """
-        if self.timeout is None:
-            return await read_frame(worker.reader)
         loop = asyncio.get_running_loop()
         started = loop.time()
         cpu_before = cpu_seconds(worker.pid) or 0.0
+        worker.cpu_used, worker.peak_rss = 0.0, 0
         reading = asyncio.ensure_future(read_frame(worker.reader))
         try:
             while True:
                 done, _ = await asyncio.wait({reading}, timeout=CPU_POLL_SECONDS)
+                worker.sample(cpu_before)
                 if done:
                     return reading.result()
-                used = (cpu_seconds(worker.pid) or cpu_before) - cpu_before
-                if used > self.timeout:
+                if self.timeout is None:
+                    continue
+                if worker.cpu_used > self.timeout:
                     raise _Overrun(self._timeout_message())
                 if loop.time() - started > self.timeout * WALL_CLOCK_FACTOR:
                     raise _Overrun(
@@ -493,6 +553,9 @@ class EvaluatorPool:
         # One malloc arena: the GIL serialises allocation anyway, and each extra
         # arena reserves 64 MiB of address space against RLIMIT_AS.
         env.setdefault("MALLOC_ARENA_MAX", "1")
+        # An evaluator's metrics are counted by this process; it keeps none of
+        # its own in the operator's multiprocess directory.
+        env.pop(MULTIPROC_ENV, None)
         # Import the same jaas as this process, installed or not.
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(jaas.__file__)))
         env["PYTHONPATH"] = os.pathsep.join(
@@ -713,16 +776,29 @@ class EvaluatorPool:
     def _timeout_message(self) -> str:
         return f"evaluation exceeded {format_duration(self.timeout or 0.0)}"
 
-    async def _crashed(self, worker: _Worker, entry_file: str, label: str) -> ReasonError:
+    @staticmethod
+    def _record_kill(span: trace.Span, worker: _Worker, cause: str, how: str) -> None:
+        """Count a worker lost mid-evaluation and say on ``span`` how it ended."""
+        metrics.EVALUATOR_KILLS.labels(cause).inc()
+        span.set_attribute("jaas.evaluator.killed", True)
+        span.set_attribute("jaas.evaluator.killCause", cause)
+        span.set_attribute("jaas.evaluator.exit", how)
+
+    async def _crashed(
+        self, worker: _Worker, entry_file: str, label: str, span: trace.Span
+    ) -> ReasonError:
         """Classify a worker that closed its socket mid-evaluation and replace it."""
         returncode = await self._reap(worker)
         await self._drain_stderr(worker)
         self._retire(worker)
         stderr = self._stderr_text(worker)
+        how = _exit_description(returncode)
         if returncode == -signal.SIGXCPU:
             self.timeouts += 1
+            self._record_kill(span, worker, "timeout", how)
             return ReasonError(Reason.EVALUATION_TIMEOUT, self._timeout_message())
         self.crashes += 1
+        self._record_kill(span, worker, "memory" if worker.out_of_memory else "crash", how)
         message = self._crash_message(returncode, worker.out_of_memory, entry_file)
         logger.warning(
             "evaluator worker %d died evaluating %s: %s; stderr: %s",

@@ -69,6 +69,8 @@ from jaas.evaluator.request import (
 )
 from jaas.evaluator.trees import DEFAULT_MEMORY_BYTES, TreeStore, resolve_trees
 from jaas.ipc import RELAY_HEADROOM, FrameError, recv_frame, send_frame
+from jaas.observability import tracing
+from jaas.observability.memory import reset_peak_resident
 from jaas.sources.cache import ArtifactCache
 from jaas.sources.extract import MAX_ENTRY_BYTES, MAX_EXTRACTED_BYTES
 from jaas.storage.objects import consumer_files_for
@@ -347,9 +349,22 @@ def serve(sock: socket.socket, cpu_limit: int = 0, trees: TreeStore | None = Non
             libraries={**request.libraries, **libraries},
         )
         request = with_shared_libraries(request, shared)
-        _limit_cpu(cpu_limit)
-        outcome = _run_in_thread(request)
-        _limit_cpu(0)
+        reset_peak_resident()
+        with tracing.span(
+            "jsonnet.evaluate",
+            context=tracing.extract(header),
+            attributes={
+                "jaas.entryFile": request.entry_file,
+                "jaas.evaluator.engine": engine().name,
+            },
+        ) as span:
+            _limit_cpu(cpu_limit)
+            outcome = _run_in_thread(request)
+            _limit_cpu(0)
+            if outcome.result is None:
+                tracing.record_failure(span, outcome.reason.value, outcome.message, transient=False)
+            else:
+                span.set_attribute("jaas.eval.renderedBytes", outcome.result.size)
         del request
         retire = outcome.retire
         if outcome.result is None:
@@ -402,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _die_with_parent(args.parent_pid)
     if args.memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (args.memory_limit, args.memory_limit))
+    # Before the stack size is raised: the span exporter's threads need no
+    # 256 MiB stacks of address space each.
+    provider = tracing.setup_tracing("evaluator")
     threading.stack_size(args.stack_size)
     try:
         engine(args.engine)
@@ -420,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         sock.close()
+        tracing.shutdown_tracing(provider)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Structured logging: one JSON object per line (or plain text) on stderr.
 
 Every record carries the process role (``leader``, ``shard-0``...) and any
-``extra`` fields the caller passed (namespace, name, shard); the active
-OpenTelemetry trace and span ids are added when a span is recording, so logs
-and traces of one reconcile can be joined.
+``extra`` fields the caller passed (``namespace``, ``snippet``, ``shard``,
+``reason``); the snippet's name is written as ``name`` (a log record's own
+``name`` is its logger, written as ``logger``). The current OpenTelemetry
+trace and span ids (``trace_id``, ``span_id``, hex as in W3C Trace Context)
+are added whenever a span is current, so logs and traces of one reconcile
+can be joined. ``--log-format text`` writes plain lines instead.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from opentelemetry import trace
+
+from jaas.observability.tracing import trace_ids
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
     "taskName",
 }
+
+
+#: ``extra`` keys written under another name.
+_FIELD_NAMES = {"snippet": "name"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,11 +49,8 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                doc[key] = value
-        ctx = trace.get_current_span().get_span_context()
-        if ctx.is_valid:
-            doc["trace_id"] = format(ctx.trace_id, "032x")
-            doc["span_id"] = format(ctx.span_id, "016x")
+                doc[_FIELD_NAMES.get(key, key)] = value
+        doc.update(trace_ids())
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()

@@ -9,16 +9,41 @@ from pathlib import Path
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _status_bytes(pid: int | str, field: str) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def resident_bytes(pid: int | str = "self") -> int:
     """Resident set size of ``pid`` (default: this process) in bytes; 0 if it is gone.
 
     Reads ``VmRSS`` from ``/proc/<pid>/status`` (kibibytes there).
     """
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _status_bytes(pid, "VmRSS:")
+
+
+def peak_resident_bytes(pid: int | str = "self") -> int:
+    """Peak resident set size of ``pid`` in bytes; 0 if it is gone.
+
+    The peak since the process started or since it last called
+    :func:`reset_peak_resident` (``VmHWM`` of ``/proc/<pid>/status``).
+    """
+    return _status_bytes(pid, "VmHWM:")
+
+
+def reset_peak_resident() -> bool:
+    """Reset this process's peak resident set size to its current one; False if refused.
+
+    Writes ``5`` to ``/proc/self/clear_refs`` (Linux 4.0+, proc(5)).
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def cpu_seconds(pid: int | str = "self") -> float | None:

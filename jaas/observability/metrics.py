@@ -89,6 +89,79 @@ SHARD_WEDGED = Counter(
     "(no heartbeat, a stopped watch or a reconcile stuck far past every bound).",
     ["shard"],
 )
+STAGE_SECONDS = Histogram(
+    "jaas_reconcile_stage_duration_seconds",
+    "Duration of one stage of a snippet reconcile (resolveSource, fetch, resolveLibraries, "
+    "evaluate, package, publish, status), by shard.",
+    ["shard", "stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WORKQUEUE_OLDEST_AGE = Gauge(
+    "jaas_workqueue_oldest_item_age_seconds",
+    "Seconds the snippet that has waited longest in a shard's work queue has been waiting.",
+    ["shard"],
+    multiprocess_mode="livemax",
+)
+OWNED_SNIPPETS = Gauge(
+    "jaas_shard_owned_snippets",
+    "JsonnetSnippets in the namespaces a shard owns.",
+    ["shard"],
+    multiprocess_mode="livesum",
+)
+EVAL_IN_FLIGHT = Gauge(
+    "jaas_eval_in_flight",
+    "Evaluations running in the evaluator pool now (metio/jaas: semaphore slots in use).",
+    multiprocess_mode="livesum",
+)
+EVAL_MAX_CONCURRENT = Gauge(
+    "jaas_eval_max_concurrent",
+    "Evaluator processes in the pool: the most evaluations that run at once.",
+    multiprocess_mode="livesum",
+)
+EVAL_UNAVAILABLE = Counter(
+    "jaas_eval_unavailable_total",
+    "Evaluations refused because every evaluator was busy and the wait queue was full "
+    "(backpressure: the snippet is requeued).",
+)
+EVALUATOR_KILLS = Counter(
+    "jaas_evaluator_kills_total",
+    "Evaluator processes that ended mid-evaluation, by cause (timeout: killed at "
+    "--evaluation-timeout; memory: over --evaluation-memory-limit; crash: anything else).",
+    ["cause"],
+)
+ARTIFACT_CACHE_LOOKUPS = Counter(
+    "jaas_artifact_cache_lookups_total",
+    "Artifact cache lookups by digest, by result (hit, miss).",
+    ["result"],
+)
+ARTIFACT_CACHE_BYTES = Gauge(
+    "jaas_artifact_cache_bytes",
+    "Bytes the content-addressed artifact cache holds on disk (as last measured).",
+    multiprocess_mode="mostrecent",
+)
+ARTIFACT_CACHE_EVICTIONS = Counter(
+    "jaas_artifact_cache_evictions_total",
+    "Artifacts evicted from the cache to keep it under its size bound.",
+)
+SOURCE_DOWNLOADS = Counter(
+    "jaas_source_downloads_total",
+    "Downloads of Flux source artifacts (cache misses), by result (ok, failed).",
+    ["result"],
+)
+SOURCE_DOWNLOAD_BYTES = Counter(
+    "jaas_source_download_bytes_total",
+    "Bytes of Flux source artifacts downloaded.",
+)
+API_REQUESTS = Counter(
+    "jaas_kube_api_requests_total",
+    "Requests to the Kubernetes API, by shard, verb and HTTP status code ('error': no response).",
+    ["shard", "verb", "code"],
+)
+ARTIFACT_SERVER_REQUESTS = Counter(
+    "jaas_artifact_server_requests_total",
+    "Requests to the operator's artifact server, by HTTP status code.",
+    ["code"],
+)
 SOURCE_FETCHES = Counter(
     "jaas_source_fetch_total",
     "Flux source artifact resolutions by result (ok, not_ready, failed).",

@@ -23,17 +23,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from jaas.api.reasons import ReasonError
+from jaas.api.reasons import Reason, ReasonError
 from jaas.observability import metrics
 from jaas.operator.informer import Key
 from jaas.operator.reconciler import Result
-from jaas.operator.workqueue import ShutDown, WorkQueue
+from jaas.operator.workqueue import ShutDown, Trigger, WorkQueue
 
 log = logging.getLogger(__name__)
 
-Reconcile = Callable[[Key], Awaitable[Result]]
+#: Seconds between updates of the queue gauges.
+REPORT_INTERVAL = 5.0
+
+#: The reconciler's entry point: a key and why it was queued.
+Reconcile = Callable[[Key, Sequence[Trigger]], Awaitable[Result]]
+
+#: Why the controller itself queues a key again.
+RETRY = Trigger("retry")
+RECHECK = Trigger("recheck")
+INTERVAL = Trigger("interval")
+REQUEUE = Trigger("requeue")
 
 
 class ShardController:
@@ -79,36 +89,36 @@ class ShardController:
         started = time.perf_counter()
         namespace, name = key
         try:
-            result = await self.reconcile(key)
+            result = await self.reconcile(key, self.queue.take_triggers(key))
         except ReasonError as err:
             self._record(key, "False", err.reason.value, started)
             if err.transient:
-                self.queue.add_after(key, self.queue.backoff(key))
+                self.queue.add_after(key, self.queue.backoff(key), RETRY)
             else:
                 self.queue.forget(key)
-                self.queue.add_after(key, self.permanent_retry)
+                self.queue.add_after(key, self.permanent_retry, RECHECK)
             return
         except asyncio.CancelledError:
             raise
         except Exception as err:
+            # The reconciler logged it inside the reconcile's span.
             self._record(key, "Unknown", type(err).__name__, started)
             delay = self.queue.backoff(key)
-            log.warning(
-                "reconcile of %s/%s failed, retrying in %.1fs: %r",
+            log.debug(
+                "reconcile of %s/%s is retried in %.1fs",
                 namespace,
                 name,
                 delay,
-                err,
                 extra={"namespace": namespace, "snippet": name, "shard": self.shard},
-                exc_info=not isinstance(err, OSError | TimeoutError),
             )
-            self.queue.add_after(key, delay)
+            self.queue.add_after(key, delay, RETRY)
             return
         status = "Unknown" if result.ready is None else str(result.ready)
         self._record(key, status, result.reason, started)
         self.queue.forget(key)
         if result.requeue_after is not None:
-            self.queue.add_after(key, result.requeue_after)
+            why = INTERVAL if result.reason == Reason.SYNCED.value else REQUEUE
+            self.queue.add_after(key, result.requeue_after, why)
 
     def _record(self, key: Key, status: str, reason: str, started: float) -> None:
         metrics.RECONCILE_SECONDS.labels(self.shard, reason).observe(time.perf_counter() - started)
@@ -117,7 +127,8 @@ class ShardController:
     async def _report(self) -> None:
         while True:
             metrics.WORKQUEUE_DEPTH.labels(self.shard).set(len(self.queue) + self.queue.in_flight)
-            await asyncio.sleep(5)
+            metrics.WORKQUEUE_OLDEST_AGE.labels(self.shard).set(self.queue.oldest_waiting())
+            await asyncio.sleep(REPORT_INTERVAL)
 
     def start(self) -> None:
         """Start the workers (returns at once)."""

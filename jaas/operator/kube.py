@@ -25,6 +25,8 @@ import orjson
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 
+from jaas.observability import metrics
+
 #: An API object as the server sends it (parsed JSON).
 Obj = dict[str, Any]
 
@@ -256,6 +258,8 @@ class KubeClient:
 
     api: ApiClient
     credentials: Credentials | None = None
+    #: The ``shard`` label of ``jaas_kube_api_requests_total`` (the process's shard).
+    shard: str = ""
     _anonymous: _AnonymousSession | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -328,15 +332,20 @@ class KubeClient:
         url = self._url(path, params)
         for attempt in (1, 2):
             headers = await self._headers(content_type if data is not None else None)
-            async with self._session.request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=request_timeout),
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
+            status_label = "error"
+            try:
+                async with self._session.request(
+                    method,
+                    url,
+                    data=data,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=request_timeout),
+                ) as resp:
+                    status_label = str(resp.status)
+                    raw = await resp.read()
+                    status = resp.status
+            finally:
+                metrics.API_REQUESTS.labels(self.shard, method, status_label).inc()
             if 200 <= status < 300:
                 return orjson.loads(raw) if raw else None
             if status == 401 and self.credentials is not None and attempt == 1:
@@ -382,6 +391,7 @@ class KubeClient:
         async with self._session.get(
             self._url(path, params), headers=headers, timeout=timeout
         ) as resp:
+            metrics.API_REQUESTS.labels(self.shard, "WATCH", str(resp.status)).inc()
             if resp.status != 200:
                 raise _error_from(
                     resp.status,
@@ -405,12 +415,15 @@ def _param(value: Any) -> str:
     return str(value)
 
 
-async def connect(kubeconfig: str | None = None, *, qps_pool: int = 64) -> KubeClient:
+async def connect(
+    kubeconfig: str | None = None, *, qps_pool: int = 64, shard: str = ""
+) -> KubeClient:
     """Build a client from a kubeconfig, ``$KUBECONFIG``, ``~/.kube/config`` or in-cluster.
 
     Order as in client-go: an explicit path, then ``$KUBECONFIG``, then the
     in-cluster ServiceAccount when ``KUBERNETES_SERVICE_HOST`` is set, then
-    ``~/.kube/config``. ``qps_pool`` bounds concurrent connections.
+    ``~/.kube/config``. ``qps_pool`` bounds concurrent connections; ``shard``
+    labels the client's request metrics.
 
     Raises:
         kubernetes_asyncio.config.ConfigException: no usable configuration.
@@ -422,4 +435,4 @@ async def connect(kubeconfig: str | None = None, *, qps_pool: int = 64) -> KubeC
         kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
         await kube_config.load_kube_config(config_file=path, client_configuration=configuration)
-    return KubeClient(ApiClient(configuration))
+    return KubeClient(ApiClient(configuration), shard=shard)

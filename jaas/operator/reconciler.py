@@ -41,10 +41,11 @@ or on a permanent error with a ``WithdrawForced`` Warning event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -67,6 +68,7 @@ from jaas.api.constants import (
 )
 from jaas.api.models import JsonnetVariable, SnippetSpec, parse_snippet_spec
 from jaas.api.reasons import Reason, ReasonError
+from jaas.api.runbooks import with_runbook
 from jaas.evaluator.rendercache import RenderCache
 from jaas.evaluator.request import (
     EvaluationRequest,
@@ -75,7 +77,7 @@ from jaas.evaluator.request import (
     TreesMissing,
 )
 from jaas.ipc import FrameError
-from jaas.observability import metrics
+from jaas.observability import metrics, tracing
 from jaas.operator.cycles import find_cycle
 from jaas.operator.denials import denied
 from jaas.operator.events import EventRecorder
@@ -86,11 +88,11 @@ from jaas.operator.publisher import Publisher
 from jaas.operator.ratelimit import RateLimiter
 from jaas.operator.sourcing import Fetcher, ResolvedSource, resolve_source
 from jaas.operator.tenancy import TokenCache, service_account_of, tenant_client
+from jaas.operator.workqueue import Trigger
 from jaas.sources.extract import MAX_ENTRY_BYTES
 from jaas.storage.package import Package, package_rendered, package_sources
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("jaas")
 
 
 class Evaluator(Protocol):
@@ -224,6 +226,16 @@ def shorten_message(message: str, limit: int = MAX_MESSAGE) -> str:
     keep = limit - len(marker)
     head = keep * 3 // 4
     return message[:head] + marker + message[len(message) - (keep - head) :]
+
+
+def failure_message(err: ReasonError) -> str:
+    """The Ready message of a failure: its message and its runbook link.
+
+    As metio/jaas (``decorateMessage``), every failure message ends in
+    `` (runbook: <url>)``; see :mod:`jaas.api.runbooks`. ``shorten_message``
+    keeps the link, which is in the tail it keeps.
+    """
+    return with_runbook(err.reason, err.message)
 
 
 def jitter(seconds: float, fraction: float = 0.05) -> float:
@@ -412,8 +424,16 @@ class SnippetReconciler:
         self.options = options
         self._background: set[asyncio.Task[None]] = set()
 
-    async def reconcile(self, key: Key) -> Result:
+    async def reconcile(self, key: Key, triggers: Sequence[Trigger] = ()) -> Result:
         """Bring snippet ``key`` (namespace, name) to its desired state.
+
+        One trace per reconcile: the root span ``JsonnetSnippet.Reconcile``
+        (namespace, name, generation, shard, ``jaas.trigger``: the causes in
+        ``triggers``, comma-separated) with a child span per stage. A
+        re-render caused by a Flux source change carries the source's
+        revision (``jaas.source.revision``) and a link shared by every render
+        of that revision (:func:`jaas.observability.tracing.revision_link`).
+        One log line inside the span says how the reconcile ended.
 
         Raises:
             ReasonError: a failure, already written as ``Ready=False``.
@@ -425,32 +445,80 @@ class SnippetReconciler:
         if obj is None:
             return Result("Gone")
         meta = obj.get("metadata") or {}
-        with tracer.start_as_current_span(
-            "JsonnetSnippet.Reconcile",
-            attributes={
-                "jaas.namespace": namespace,
-                "jaas.name": name,
-                "jaas.generation": int(meta.get("generation") or 0),
-                "jaas.shard": self.options.shard,
-            },
-        ) as span:
+        attributes: dict[str, Any] = {
+            "jaas.namespace": namespace,
+            "jaas.name": name,
+            "jaas.generation": int(meta.get("generation") or 0),
+            "jaas.shard": self.options.shard,
+            "jaas.trigger": ",".join(dict.fromkeys(t.cause for t in triggers)) or "unknown",
+        }
+        links = []
+        for trigger in triggers:
+            if trigger.cause == "source" and trigger.source and trigger.revision:
+                attributes.setdefault("jaas.source.revision", trigger.revision)
+                links.append(tracing.revision_link(*trigger.source, trigger.revision))
+        fields = {"namespace": namespace, "snippet": name, "shard": self.options.shard}
+        with tracing.span("JsonnetSnippet.Reconcile", attributes=attributes, links=links) as span:
             try:
                 if meta.get("deletionTimestamp"):
                     result = await self.finalize(obj)
                 else:
                     result = await self._reconcile_spec(obj)
             except ReasonError as err:
-                span.set_attribute("jaas.reason", err.reason.value)
-                span.set_attribute("jaas.transient", err.transient)
-                span.set_status(trace.StatusCode.ERROR, err.message[:200])
+                log.warning(
+                    "reconcile of %s/%s failed: %s: %s",
+                    namespace,
+                    name,
+                    err.reason.value,
+                    err.message,
+                    extra={**fields, "reason": err.reason.value},
+                )
                 raise
             except KubeApiError as err:
                 if err.not_found and err.resource.startswith(SNIPPET_PLURAL + "."):
                     return Result("Gone")  # the snippet was deleted meanwhile
-                span.set_status(trace.StatusCode.ERROR, str(err)[:200])
+                self._log_retry(namespace, name, err, fields)
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as err:
+                self._log_retry(namespace, name, err, fields)
                 raise
             span.set_attribute("jaas.reason", result.reason)
+            if result.reason != Reason.SYNCED.value:  # Synced logs its revision in ``commit``
+                log.info(
+                    "reconciled %s/%s: %s",
+                    namespace,
+                    name,
+                    result.reason,
+                    extra={**fields, "reason": result.reason},
+                )
             return result
+
+    @staticmethod
+    def _log_retry(namespace: str, name: str, err: Exception, fields: dict[str, str]) -> None:
+        log.warning(
+            "reconcile of %s/%s failed, retrying with backoff: %r",
+            namespace,
+            name,
+            err,
+            extra={**fields, "reason": PROGRESSING_WITH_RETRY},
+            exc_info=not isinstance(
+                err, KubeApiError | OSError | TimeoutError | aiohttp.ClientError
+            ),
+        )
+
+    @contextlib.contextmanager
+    def _stage(self, stage: str) -> Iterator[trace.Span]:
+        """Span ``snippet.<stage>`` and ``jaas_reconcile_stage_duration_seconds{stage}``."""
+        started = time.perf_counter()
+        try:
+            with tracing.span(f"snippet.{stage}") as span:
+                yield span
+        finally:
+            metrics.STAGE_SECONDS.labels(self.options.shard, stage).observe(
+                time.perf_counter() - started
+            )
 
     async def _reconcile_spec(self, obj: Obj) -> Result:
         fresh = False
@@ -494,7 +562,7 @@ class SnippetReconciler:
                 ``RBACDenied`` / ``SourceFetchFailed`` when the cycle walk
                 cannot read what it needs.
         """
-        with tracer.start_as_current_span("snippet.validate"):
+        with tracing.span("snippet.validate"):
             spec = parse_snippet_spec(obj.get("spec") or {})
             if spec.suspend:
                 return spec
@@ -552,7 +620,7 @@ class SnippetReconciler:
 
     async def suspend(self, obj: Obj) -> Result:
         """``Suspended``: keep the artifact, but still prune revisions past their grace."""
-        with tracer.start_as_current_span("snippet.suspend"):
+        with tracing.span("snippet.suspend"):
             meta = obj["metadata"]
             history = list((obj.get("status") or {}).get("history") or [])
             prune_in = await self.publisher.prune(
@@ -584,7 +652,7 @@ class SnippetReconciler:
         Raises:
             ReasonError: ``ServiceAccountMissing`` or ``RBACDenied``.
         """
-        with tracer.start_as_current_span("snippet.identity"):
+        with tracing.span("snippet.identity"):
             namespace, sa = service_account_of(
                 obj["metadata"]["namespace"],
                 spec.service_account_name,
@@ -601,7 +669,7 @@ class SnippetReconciler:
             ReasonError: see ``jaas.operator.sourcing.resolve_source``; and
                 ``InvalidSpec`` when the entry file is not among the files.
         """
-        with tracer.start_as_current_span("snippet.resolveSource") as span:
+        with self._stage("resolveSource") as span:
             span.set_attribute("jaas.source.mode", "sourceRef" if spec.source_ref else "inline")
             resolved = await resolve_source(
                 obj["metadata"]["namespace"],
@@ -623,7 +691,7 @@ class SnippetReconciler:
         Raises:
             ReasonError: see ``jaas.operator.libraries.resolve_libraries``.
         """
-        with tracer.start_as_current_span("snippet.resolveLibraries") as span:
+        with self._stage("resolveLibraries") as span:
             libraries = await resolve_libraries(
                 obj["metadata"]["namespace"],
                 spec.libraries,
@@ -656,7 +724,7 @@ class SnippetReconciler:
                 ``ArtifactTooLarge``.
         """
         meta = obj["metadata"]
-        with tracer.start_as_current_span("snippet.evaluate") as span:
+        with self._stage("evaluate") as span:
             span.set_attribute("jaas.source.fileCount", len(source.files))
             span.set_attribute("jaas.library.count", len(libraries))
             request = evaluation_request(
@@ -718,7 +786,7 @@ class SnippetReconciler:
             ReasonError: ``ArtifactTooLarge``, or ``InvalidSpec`` for a source
                 file name consumers would drop (``output: source``).
         """
-        with tracer.start_as_current_span("snippet.package") as span:
+        with self._stage("package") as span:
             package = await asyncio.to_thread(
                 package_output,
                 spec,
@@ -750,7 +818,7 @@ class SnippetReconciler:
         meta = obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         generation = int(meta.get("generation") or 0)
-        with tracer.start_as_current_span("snippet.publish") as span:
+        with self._stage("publish") as span:
             # The keep-set and the generation check need the API's view, not the
             # cache's (metio/jaas reads through its uncached reader here).
             current: Obj = obj if fresh else await self.client.get(snippet_path(namespace, name))
@@ -803,9 +871,9 @@ class SnippetReconciler:
 
     async def fail(self, obj: Obj, err: ReasonError) -> None:
         """Write ``Ready=False`` with the failure's reason; the published artifact stays."""
-        with tracer.start_as_current_span("snippet.fail") as span:
+        with tracing.span("snippet.fail") as span:
             span.set_attribute("jaas.reason", err.reason.value)
-            await self._write_status(obj, err.reason, err.message)
+            await self._write_status(obj, err.reason, failure_message(err))
 
     async def _evaluator_busy(self, obj: Obj, busy: EvaluatorBusy) -> Result:
         """Backpressure from the evaluator pool: requeue soon; not a failure.
@@ -829,7 +897,7 @@ class SnippetReconciler:
         and the published artifact stays. A status write that fails as well
         is logged, not raised: the original error is what the caller raises.
         """
-        with tracer.start_as_current_span("snippet.fail") as span:
+        with tracing.span("snippet.fail") as span:
             span.set_attribute("jaas.reason", PROGRESSING_WITH_RETRY)
             message = f"reconcile failed, retrying with backoff: {type(err).__name__}: {err}"
             try:
@@ -863,7 +931,7 @@ class SnippetReconciler:
         finalizers = list(meta.get("finalizers") or [])
         if FINALIZER not in finalizers:
             return Result("Deleted")
-        with tracer.start_as_current_span("snippet.withdraw"):
+        with tracing.span("snippet.withdraw"):
             forced = await self._withdraw(obj)
             await self.publisher.delete_stored(namespace, name)
             finalizers.remove(FINALIZER)
@@ -957,61 +1025,64 @@ class SnippetReconciler:
         Raises:
             KubeApiError: the API refused the write (also the short one).
         """
-        meta = obj["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        status = obj.get("status") or {}
-        reason_text = reason.value if isinstance(reason, Reason) else reason
-        ok = reason_text == Reason.SYNCED.value if isinstance(ready, _Derived) else ready
-        generation = int(meta.get("generation") or 0)
-        full_message, message = message, shorten_message(message)
+        with self._stage("status"):
+            meta = obj["metadata"]
+            namespace, name = meta["namespace"], meta["name"]
+            status = obj.get("status") or {}
+            reason_text = reason.value if isinstance(reason, Reason) else reason
+            ok = reason_text == Reason.SYNCED.value if isinstance(ready, _Derived) else ready
+            generation = int(meta.get("generation") or 0)
+            full_message, message = message, shorten_message(message)
 
-        def build(text: str) -> dict[str, Any]:
-            conditions = set_condition(
-                status.get("conditions"),
-                type_=READY,
-                status=ok,
-                reason=reason_text,
-                message=text,
-                observed_generation=generation,
-            )
-            patch: dict[str, Any] = {"conditions": conditions, "observedGeneration": generation}
-            requested_at = (meta.get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)
-            if requested_at:
-                patch["lastHandledReconcileAt"] = requested_at
-            if extra:
-                patch.update(extra)
-            return patch
-
-        patch = build(message)
-        unchanged = all(
-            status.get(k) == v for k, v in patch.items() if k not in ("conditions", "lastSyncTime")
-        ) and _same_conditions(status.get("conditions"), patch["conditions"])
-        if unchanged and "lastSyncTime" not in patch:
-            return
-        path = snippet_path(namespace, name, "status")
-        try:
-            await self.client.merge_patch(path, {"status": patch})
-        except KubeApiError as err:
-            if not _too_large(err):
-                raise
-            message = shorten_message(full_message, SHORT_MESSAGE)
-            await self.client.merge_patch(path, {"status": build(message)})
-        before = find_condition(status.get("conditions"), READY)
-        now_status = "Unknown" if ok is None else "True" if ok else "False"
-        if (
-            before is None
-            or before.get("status") != now_status
-            or before.get("reason") != reason_text
-        ):
-            self._in_background(
-                self.recorder.record(
-                    obj,
-                    type_="Normal" if ok else "Warning",
+            def build(text: str) -> dict[str, Any]:
+                conditions = set_condition(
+                    status.get("conditions"),
+                    type_=READY,
+                    status=ok,
                     reason=reason_text,
-                    note=message,
-                    action=reason_text,
+                    message=text,
+                    observed_generation=generation,
                 )
-            )
+                patch: dict[str, Any] = {"conditions": conditions, "observedGeneration": generation}
+                requested_at = (meta.get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)
+                if requested_at:
+                    patch["lastHandledReconcileAt"] = requested_at
+                if extra:
+                    patch.update(extra)
+                return patch
+
+            patch = build(message)
+            unchanged = all(
+                status.get(k) == v
+                for k, v in patch.items()
+                if k not in ("conditions", "lastSyncTime")
+            ) and _same_conditions(status.get("conditions"), patch["conditions"])
+            if unchanged and "lastSyncTime" not in patch:
+                return
+            path = snippet_path(namespace, name, "status")
+            try:
+                await self.client.merge_patch(path, {"status": patch})
+            except KubeApiError as err:
+                if not _too_large(err):
+                    raise
+                message = shorten_message(full_message, SHORT_MESSAGE)
+                await self.client.merge_patch(path, {"status": build(message)})
+            before = find_condition(status.get("conditions"), READY)
+            now_status = "Unknown" if ok is None else "True" if ok else "False"
+            if (
+                before is None
+                or before.get("status") != now_status
+                or before.get("reason") != reason_text
+            ):
+                self._in_background(
+                    self.recorder.record(
+                        obj,
+                        type_="Normal" if ok else "Warning",
+                        reason=reason_text,
+                        note=message,
+                        action=reason_text,
+                    )
+                )
 
     async def flush_events(self) -> None:
         """Wait for the Events being recorded in the background (on shutdown, in tests)."""

@@ -24,10 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from opentelemetry import trace
+
 from jaas.api.conditions import is_ready
 from jaas.api.constants import FLUX_SOURCE_API_VERSION, SOURCE_KIND_PLURALS
 from jaas.api.models import SourceRef
 from jaas.api.reasons import Reason, ReasonError
+from jaas.observability import metrics
 from jaas.operator.denials import denied
 from jaas.operator.kube import KubeApiError, Obj, resource_path
 
@@ -126,7 +129,7 @@ async def resolve_source(
         no_cross_namespace_refs=no_cross_namespace_refs,
     )
     try:
-        return await _fetch(
+        resolved = await _fetch(
             source_ref,
             namespace,
             ident,
@@ -135,7 +138,11 @@ async def resolve_source(
             stage=stage,
             tenant=owner_namespace,
         )
+        metrics.SOURCE_FETCHES.labels("ok").inc()
+        return resolved
     except ReasonError as err:
+        not_ready = err.reason is Reason.SOURCE_NOT_READY
+        metrics.SOURCE_FETCHES.labels("not_ready" if not_ready else "failed").inc()
         if namespace == owner_namespace:
             raise
         who = reader.identity or "the operator"
@@ -192,6 +199,11 @@ async def _fetch(
             err.reason, f"{stage}: {ident}: {err.message}", transient=err.transient
         ) from err
     revision = artifact.get("revision")
+    span = trace.get_current_span()
+    span.set_attribute("flux.source.kind", source_ref.kind)
+    span.set_attribute("flux.source.name", f"{namespace}/{source_ref.name}")
+    if isinstance(revision, str):
+        span.set_attribute("flux.source.revision", revision)
     return artifact_source(
         files,
         source_ref,

@@ -12,7 +12,10 @@ Triggers follow design.md §3 and metio/jaas ``internal/operator/indexes.go``:
 
 Every lookup is a dictionary hit: snippets are indexed by the source and the
 libraries they reference, libraries by their source, so an event costs the
-same whatever the number of libraries or snippets (no scan per event).
+same whatever the number of libraries or snippets (no scan per event). Each
+queued key comes with the :class:`~jaas.operator.workqueue.Trigger` that
+says why, which the reconcile's trace records (a source change with the
+source's Flux revision).
 ``references`` tells the object cache which objects outside the shard's own
 namespaces it must still watch: those a snippet of the shard depends on
 through a cross-namespace reference.
@@ -28,6 +31,7 @@ from jaas.api.conditions import is_ready
 from jaas.api.constants import LIBRARY_KIND, REQUESTED_AT_ANNOTATION, SNIPPET_KIND
 from jaas.operator.informer import Event, EventType, Key
 from jaas.operator.kube import Obj
+from jaas.operator.workqueue import Trigger
 
 SourceKey = tuple[str, str, str]  # (kind, namespace, name)
 LibraryKey = tuple[str, str]  # (namespace, name)
@@ -83,6 +87,25 @@ def library_keys(owner_namespace: str, spec: Any) -> frozenset[LibraryKey]:
     )
 
 
+def snippet_trigger(event: Event) -> Trigger:
+    """Why a snippet event queues the snippet (meaningful when ``snippet_needs_reconcile``)."""
+    old, new = event.old, event.new
+    if event.type is EventType.ADDED or old is None:
+        return Trigger("created")
+    if _deleting(new) and not _deleting(old):
+        return Trigger("deletion")
+    if _generation(old) != _generation(new):
+        return Trigger("generation")
+    return Trigger("requestedAt")
+
+
+def source_trigger(kind: str, event: Event) -> Trigger:
+    """Why a change of a Flux source (``kind``) queues the snippets that read it."""
+    namespace, name = event.key
+    artifact = ((event.new or {}).get("status") or {}).get("artifact") or {}
+    return Trigger("source", (kind, namespace, name), str(artifact.get("revision") or ""))
+
+
 def snippet_needs_reconcile(event: Event) -> bool:
     """The snippet predicate: new, generation or requestedAt changed, or deletion started."""
     if event.type is EventType.ADDED:
@@ -103,6 +126,8 @@ class Triggered:
 
     add: set[Key] = field(default_factory=set)
     cancel: set[Key] = field(default_factory=set)
+    #: Why ``add`` is queued.
+    why: Trigger | None = None
 
 
 class _Multimap(dict[_K, set[_V]]):
@@ -203,13 +228,20 @@ class TriggerIndex:
                 self.update_snippet(event.key, None)
                 return Triggered(cancel={event.key})
             self.update_snippet(event.key, event.new)
-            return Triggered(add={event.key} if snippet_needs_reconcile(event) else set())
+            if not snippet_needs_reconcile(event):
+                return Triggered()
+            return Triggered(add={event.key}, why=snippet_trigger(event))
         if kind == LIBRARY_KIND:
             self.update_library(event.key, event.new)
-            return Triggered(add=self.snippets_of_library(event.key))
+            return Triggered(
+                add=self.snippets_of_library(event.key),
+                why=Trigger("library", (LIBRARY_KIND, *event.key)),
+            )
         if artifact_signature(event.old) == artifact_signature(event.new):
             return Triggered()
-        return Triggered(add=self.snippets_of_source((kind, *event.key)))
+        return Triggered(
+            add=self.snippets_of_source((kind, *event.key)), why=source_trigger(kind, event)
+        )
 
     def sizes(self) -> dict[str, int]:
         """Entries per map, for metrics and tests."""

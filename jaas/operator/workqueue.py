@@ -22,6 +22,10 @@ namespace waits for one of them to finish before it even reaches the evaluator
 queue. ``max_in_flight_per_flow`` bounds how many keys of one flow are processed
 at once (the operator sets it to its workers minus one), so a worker is always
 free for a namespace that has nothing in flight.
+
+Each add may say why (a :class:`Trigger`): the reasons collected while a key
+waits are handed to the worker that takes it (``take_triggers``), so a
+reconcile can be traced to the watch event, interval or retry that caused it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
 
 from jaas import defaults
 from jaas.backoff import Backoff
@@ -38,8 +43,30 @@ from jaas.fairqueue import FairQueue
 K = TypeVar("K", bound=Hashable)
 
 
+#: Most triggers kept per waiting key; later ones are counted, not kept.
+MAX_TRIGGERS: Final = 8
+
+
 class ShutDown(Exception):
     """The queue was shut down; workers should exit."""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Why a key was queued.
+
+    Attributes:
+        cause: a short word: ``created``, ``generation``, ``requestedAt``,
+            ``deletion``, ``library``, ``source``, ``interval``, ``retry``,
+            ``recheck``, ``requeue``.
+        source: for ``source`` (and ``library``): ``(kind, namespace, name)``
+            of the object whose change queued the key.
+        revision: the Flux artifact revision of that source, if it has one.
+    """
+
+    cause: str
+    source: tuple[str, str, str] | None = None
+    revision: str = ""
 
 
 class WorkQueue(Generic[K]):
@@ -86,6 +113,10 @@ class WorkQueue(Generic[K]):
         self._started: dict[K, float] = {}
         self._failures: dict[K, int] = {}
         self._timers: dict[K, tuple[float, asyncio.TimerHandle]] = {}
+        #: Why each waiting (or delayed) key was queued, oldest first.
+        self._triggers: dict[K, list[Trigger]] = {}
+        #: Loop time each waiting key was first queued at.
+        self._queued_at: dict[K, float] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._shutdown = False
         #: Keys added in total (after de-duplication) and keys completed.
@@ -124,25 +155,46 @@ class WorkQueue(Generic[K]):
             return 0.0
         return asyncio.get_running_loop().time() - min(self._started.values())
 
-    def add(self, key: K) -> None:
-        """Queue ``key`` now (no-op if already waiting)."""
-        if self._shutdown or key in self._dirty:
+    def oldest_waiting(self) -> float:
+        """Seconds the key that has waited longest has been waiting (0 when none waits)."""
+        if not self._queued_at:
+            return 0.0
+        return asyncio.get_running_loop().time() - min(self._queued_at.values())
+
+    def _remember(self, key: K, why: Trigger | None) -> None:
+        if why is None:
+            return
+        kept = self._triggers.setdefault(key, [])
+        if why not in kept and len(kept) < MAX_TRIGGERS:
+            kept.append(why)
+
+    def take_triggers(self, key: K) -> list[Trigger]:
+        """Why ``key`` was queued since it was last taken (and forget it)."""
+        return self._triggers.pop(key, [])
+
+    def add(self, key: K, why: Trigger | None = None) -> None:
+        """Queue ``key`` now (no-op if already waiting), remembering ``why``."""
+        if self._shutdown:
+            return
+        self._remember(key, why)
+        if key in self._dirty:
             return
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer[1].cancel()
         self._dirty.add(key)
+        self._queued_at[key] = asyncio.get_running_loop().time()
         self.adds += 1
         if key not in self._processing:
             self._queue.push(self.flow_of(key), key)
             self._notify()
 
-    def add_after(self, key: K, delay: float) -> None:
+    def add_after(self, key: K, delay: float, why: Trigger | None = None) -> None:
         """Queue ``key`` after ``delay`` seconds, unless it is queued sooner anyway."""
         if self._shutdown:
             return
         if delay <= 0:
-            self.add(key)
+            self.add(key, why)
             return
         loop = asyncio.get_running_loop()
         when = loop.time() + delay
@@ -151,12 +203,12 @@ class WorkQueue(Generic[K]):
             if existing[0] <= when:
                 return
             existing[1].cancel()
-        handle = loop.call_at(when, self._fire, key)
+        handle = loop.call_at(when, self._fire, key, why)
         self._timers[key] = (when, handle)
 
-    def _fire(self, key: K) -> None:
+    def _fire(self, key: K, why: Trigger | None) -> None:
         self._timers.pop(key, None)
-        self.add(key)
+        self.add(key, why)
 
     def backoff(self, key: K) -> float:
         """Record a failure of ``key`` and return the delay before its retry (seconds)."""
@@ -178,6 +230,8 @@ class WorkQueue(Generic[K]):
         if timer is not None:
             timer[1].cancel()
         self._failures.pop(key, None)
+        if key not in self._dirty and key not in self._processing:
+            self._triggers.pop(key, None)
 
     def _notify(self) -> None:
         while self._waiters:
@@ -208,6 +262,7 @@ class WorkQueue(Generic[K]):
                 raise
         key = self._queue.pop()
         self._dirty.discard(key)
+        self._queued_at.pop(key, None)
         self._processing.add(key)
         self._started[key] = asyncio.get_running_loop().time()
         flow = self.flow_of(key)

@@ -46,6 +46,7 @@ from jaas.evaluator.request import (
     TreesMissing,
 )
 from jaas.ipc import FrameError, Header, read_frame, write_frame
+from jaas.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class LeaderConnection:
         future: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         req_header, payload = request.to_frame()
+        # The leader's evaluate span (and the evaluator's) continue this trace.
+        tracing.inject(req_header)
         try:
             write_frame(
                 self._writer, {"op": "evaluate", "id": request_id, "request": req_header}, payload

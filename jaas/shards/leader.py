@@ -5,12 +5,16 @@ It owns everything that is per pod rather than per shard (design.md §3):
 * the evaluator pool, which every shard evaluates through (``ShardEndpoint``);
 * one supervised shard worker process per shard identity;
 * the HTTP servers: artifacts (``--storage-port``), health
-  (``--management-port``: ``/live``, ``/ready``, ``/start``, as metio/jaas
-  ``internal/handler/health.go``) and Prometheus metrics (``/metrics``, the sum
-  over every process of the operator).
+  (``--management-port``: ``/livez``, ``/readyz``, ``/startupz`` as
+  Kubernetes' own components name them, and metio/jaas's ``/live``,
+  ``/ready``, ``/start`` from ``internal/handler/health.go``) and Prometheus
+  metrics (``/metrics``, the sum over every process of the operator).
 
-SIGTERM or SIGINT shut it down in order: stop being ready, stop the shards
-(they finish in-flight reconciles), stop the pool, stop the HTTP servers.
+Readiness means every shard has synced its watches. SIGTERM or SIGINT shut it
+down in order: readiness turns false at once, the shards stop taking work and
+finish their in-flight reconciles within ``--shutdown-timeout`` (evaluating
+through the still running pool), then the pool, the control socket and the
+HTTP servers stop and the last spans are exported.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -35,7 +39,7 @@ from jaas.evaluator.pool import EvaluatorPool
 from jaas.evaluator.rendercache import evaluator_fingerprint
 from jaas.evaluator.request import EvaluatorBusy, TreesMissing
 from jaas.ipc import Header
-from jaas.observability import metrics
+from jaas.observability import metrics, tracing
 from jaas.observability.memory import resident_bytes
 from jaas.options import OperatorOptions
 from jaas.shards.assignment import local_shard_names
@@ -45,6 +49,16 @@ from jaas.storage.local import LocalStore
 from jaas.storage.server import add_artifact_routes
 
 log = logging.getLogger(__name__)
+
+#: Health endpoints on the management port: Kubernetes' names first, then
+#: metio/jaas's (and ``/healthz``, which earlier jaas-py releases served).
+HEALTH_PATHS: Final = {
+    "live": ("/livez", "/live", "/healthz"),
+    "ready": ("/readyz", "/ready"),
+    "start": ("/startupz", "/start"),
+}
+#: Seconds a shard may take past ``--shutdown-timeout`` to close its clients and exit.
+SHARD_EXIT_MARGIN: Final = 10.0
 
 
 def _json(status: str, code: int = 200) -> web.Response:
@@ -121,6 +135,7 @@ class Leader:
             return evaluated
         except EvaluatorBusy:
             result = "busy"
+            metrics.EVAL_UNAVAILABLE.inc()
             raise
         except TreesMissing:
             result = "trees_missing"
@@ -286,14 +301,13 @@ class Leader:
         add_artifact_routes(storage, Path(self.options.storage_path))
         await self._serve(storage, self.options.storage_listen_address, self.options.storage_port)
         management = web.Application()
-        for path, handler in (
-            ("/live", self._live),
-            ("/ready", self._ready),
-            ("/start", self._start),
+        for paths, handler in (
+            (HEALTH_PATHS["live"], self._live),
+            (HEALTH_PATHS["ready"], self._ready),
+            (HEALTH_PATHS["start"], self._start),
         ):
-            management.router.add_get(path, handler)
-        management.router.add_get("/healthz", self._live)
-        management.router.add_get("/readyz", self._ready)
+            for path in paths:
+                management.router.add_get(path, handler)
         management.router.add_get("/shards", self._shards)
         await self._serve(
             management, self.options.management_listen_address, self.options.management_port
@@ -314,12 +328,16 @@ class Leader:
         """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop_requested.set)
+            loop.add_signal_handler(sig, self.request_stop)
         await self.pool.start()
+        metrics.EVAL_MAX_CONCURRENT.set(self.pool.size)
         await self.endpoint.start()
         try:
             await self.start_http()
             for shard in self.shard_names:
+                # Present from the start, so that increase() sees the first restart.
+                metrics.SHARD_RESTARTS.labels(shard)
+                metrics.SHARD_WEDGED.labels(shard)
                 sup = Supervisor(shard, self.shard_argv(shard), on_exit=self._on_shard_exit(shard))
                 self.supervisors[shard] = sup
                 sup.start()
@@ -339,12 +357,19 @@ class Leader:
             await self.shutdown()
         return self.exit_code
 
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: stop being ready now, then shut down (``run`` returns)."""
+        self.draining = True
+        self.stop_requested.set()
+
     async def shutdown(self) -> None:
         """Stop shards, the pool, the control socket and the HTTP servers."""
         self.draining = True
         for task in self._background:
             task.cancel()
-        await asyncio.gather(*(sup.stop() for sup in self.supervisors.values()))
+        # A shard gets --shutdown-timeout for its reconciles, then its own clean-up.
+        grace = self.options.shutdown_timeout + SHARD_EXIT_MARGIN
+        await asyncio.gather(*(sup.stop(grace) for sup in self.supervisors.values()))
         await self.endpoint.close()
         await self.pool.close()
         for runner in self._runners:
@@ -368,8 +393,10 @@ def main(options: OperatorOptions, runtime_dir: Path) -> int:
         return 1
     if libraries:
         log.info("shared libraries from --library-path: %s", ", ".join(sorted(libraries)))
+    provider = tracing.setup_tracing("leader")
     try:
         return uvloop.run(Leader(options, runtime_dir, libraries).run())
     finally:
+        tracing.shutdown_tracing(provider)
         if options.runtime_dir is None:
             shutil.rmtree(runtime_dir, ignore_errors=True)

@@ -27,10 +27,10 @@ from jaas.api.constants import SNIPPET_KIND
 from jaas.evaluator.libraries import library_path_aliases
 from jaas.evaluator.rendercache import RenderCache
 from jaas.observability import logging as jaas_logging
-from jaas.observability import metrics
+from jaas.observability import metrics, tracing
 from jaas.observability.memory import resident_bytes
 from jaas.operator.cache import ObjectCache
-from jaas.operator.controller import ShardController
+from jaas.operator.controller import REPORT_INTERVAL, ShardController
 from jaas.operator.events import EventRecorder
 from jaas.operator.informer import Event, Key
 from jaas.operator.kube import Obj, connect
@@ -98,7 +98,7 @@ async def run_shard(
     """Run one shard until SIGTERM or until the leader goes away; return the exit code."""
     leader = LeaderConnection(leader_socket, shard)
     await leader.connect()
-    client = await connect(options.kubeconfig)
+    client = await connect(options.kubeconfig, shard=shard)
     artifact_cache = ArtifactCache(Path(options.cache_path), options.cache_max_bytes)
     fetcher = ArtifactFetcher(
         artifact_cache,
@@ -108,6 +108,7 @@ async def run_shard(
         idle_timeout=options.download_idle_timeout,
         min_rate=options.download_min_rate,
         guard=URLGuard(allow_loopback=options.artifact_allow_loopback),
+        shard=shard,
     )
     assignment = RingAssignment(shard, members)
     index = TriggerIndex()
@@ -123,7 +124,7 @@ async def run_shard(
         for key in triggered.cancel:
             queue.cancel(key)
         for key in triggered.add:
-            queue.add(key)
+            queue.add(key, triggered.why)
 
     cache = ObjectCache(
         client,
@@ -199,7 +200,7 @@ async def run_shard(
         heartbeat.cancel()
     finally:
         reporter.cancel()
-        await controller.stop()
+        await controller.stop(options.shutdown_timeout)
         await cache.stop()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
@@ -235,9 +236,10 @@ async def _heartbeat(leader: LeaderConnection, queue: WorkQueue[Key], cache: Obj
 
 async def _report(shard: str, cache: ObjectCache) -> None:
     while True:
-        namespaces = {ns for ns, _ in cache.keys(SNIPPET_KIND)}
-        metrics.OWNED_NAMESPACES.labels(shard).set(len(namespaces))
-        await asyncio.sleep(5)
+        snippets = list(cache.keys(SNIPPET_KIND))
+        metrics.OWNED_NAMESPACES.labels(shard).set(len({ns for ns, _ in snippets}))
+        metrics.OWNED_SNIPPETS.labels(shard).set(len(snippets))
+        await asyncio.sleep(REPORT_INTERVAL)
 
 
 def main(
@@ -255,4 +257,8 @@ def main(
     with ``--render-cache=false``, every render is evaluated.
     """
     jaas_logging.setup(shard, level=options.log_level, fmt=options.log_format)
-    return asyncio.run(run_shard(options, shard, members, leader_socket, evaluator_fingerprint))
+    provider = tracing.setup_tracing("shard", shard=shard)
+    try:
+        return asyncio.run(run_shard(options, shard, members, leader_socket, evaluator_fingerprint))
+    finally:
+        tracing.shutdown_tracing(provider)

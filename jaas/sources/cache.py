@@ -61,6 +61,7 @@ from typing import Final
 import zstandard
 
 from jaas import defaults
+from jaas.observability import metrics
 from jaas.sources.digest import ALGORITHM, Digest
 
 #: Default bound on the cache's on-disk size (compressed bytes).
@@ -414,6 +415,8 @@ class ArtifactCache:
                 evicted += 1
             total -= size
         self.evictions += evicted
+        metrics.ARTIFACT_CACHE_EVICTIONS.inc(evicted)
+        metrics.ARTIFACT_CACHE_BYTES.set(total)
         self._scanned_total = total
         self._written_since_scan = 0
         self._writes_since_scan = 0

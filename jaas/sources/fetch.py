@@ -48,18 +48,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable, Mapping
 from typing import Final
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from opentelemetry import trace
 from yarl import URL
 
 from jaas import defaults
 from jaas.api.reasons import Reason, ReasonError
 from jaas.backoff import Backoff
 from jaas.fairqueue import FairSlots
+from jaas.observability import metrics, tracing
 from jaas.sources.cache import ArtifactCache
 from jaas.sources.digest import Digest, Hasher, parse_digest
 from jaas.sources.extract import ArchiveError, extract_tarball
@@ -177,6 +180,8 @@ class ArtifactFetcher:
             ``URLGuard(allow_loopback=True)`` to fetch from 127.0.0.1.
         resolver: does the DNS lookups behind the guard (a test double, or
             aiohttp's ``AsyncResolver``); None is aiohttp's ``DefaultResolver``.
+        shard: the shard identity, the ``shard`` label of the fetch stage's
+            duration (``jaas_reconcile_stage_duration_seconds``).
 
     Counters (plain ints): ``requests`` (HTTP requests sent, redirects
     included) and ``downloads`` (bodies received and verified).
@@ -200,10 +205,12 @@ class ArtifactFetcher:
         retry_backoff: float = defaults.DOWNLOAD_RETRY_BACKOFF,
         guard: URLGuard | None = None,
         resolver: AbstractResolver | None = None,
+        shard: str = "",
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self.cache = cache
+        self.shard = shard
         self.guard = guard if guard is not None else URLGuard()
         self._resolver = resolver
         self.max_download_bytes = max_download_bytes
@@ -294,15 +301,30 @@ class ArtifactFetcher:
                 malformed or unsupported digest, raised before any request,
                 and a digest mismatch are permanent.
         """
-        expected = _as_digest(digest)
-        target = self.check_url(url)
-        if self.cache is not None and expected is not None:
+        started = time.perf_counter()
+        with tracing.span("source.fetch") as span:
+            expected = _as_digest(digest)
+            target = self.check_url(url)
+            span.set_attribute("url.full", redact(target))
+            if expected is not None:
+                span.set_attribute("jaas.artifact.digest", str(expected))
+            if self.cache is None or expected is None:
+                data = await self._download(target, expected, headers, flow)
+                span.set_attribute("jaas.cache.hit", False)
+            else:
+                downloaded = False
 
-            async def load() -> bytes:
-                return await self._download(target, expected, headers, flow)
+                async def load() -> bytes:
+                    nonlocal downloaded
+                    downloaded = True
+                    return await self._download(target, expected, headers, flow)
 
-            return await self.cache.get_or_fetch(expected, load, origin=str(target))
-        return await self._download(target, expected, headers, flow)
+                data = await self.cache.get_or_fetch(expected, load, origin=str(target))
+                metrics.ARTIFACT_CACHE_LOOKUPS.labels("miss" if downloaded else "hit").inc()
+                span.set_attribute("jaas.cache.hit", not downloaded)
+            span.set_attribute("jaas.artifact.bytes", len(data))
+        metrics.STAGE_SECONDS.labels(self.shard, "fetch").observe(time.perf_counter() - started)
+        return data
 
     async def fetch_files(
         self,
@@ -363,8 +385,32 @@ class ArtifactFetcher:
             ReasonError: ``SourceFetchFailed`` for the other failures, with
                 ``transient`` as the module docstring says.
         """
+        with tracing.span(
+            "GET", kind=trace.SpanKind.CLIENT, attributes={"http.request.method": "GET"}
+        ) as span:
+            try:
+                data = await self._get_traced(target, expected, headers, span)
+            except ReasonError:
+                metrics.SOURCE_DOWNLOADS.labels("failed").inc()
+                raise
+            metrics.SOURCE_DOWNLOADS.labels("ok").inc()
+            metrics.SOURCE_DOWNLOAD_BYTES.inc(len(data))
+            return data
+
+    async def _get_traced(
+        self,
+        target: URL,
+        expected: Digest | None,
+        headers: Mapping[str, str] | None,
+        span: trace.Span,
+    ) -> bytes:
         session = self._get_session()
-        request_headers = {"Accept-Encoding": "identity", **(headers or {})}
+        # The download's own span is the parent the artifact server sees.
+        request_headers = {
+            "Accept-Encoding": "identity",
+            **(headers or {}),
+            **tracing.http_headers(),
+        }
         url = target
         shown = redact(target)
         try:
@@ -374,6 +420,8 @@ class ArtifactFetcher:
                     session.get(url, headers=request_headers, allow_redirects=False), shown
                 )
                 async with response:
+                    span.set_attribute("url.full", redact(url))
+                    span.set_attribute("http.response.status_code", response.status)
                     location = response.headers.get("Location")
                     if response.status in _REDIRECT_STATUSES and location:
                         url = self.check_url(_resolve_redirect(url, location))

@@ -6,6 +6,11 @@ root is reachable (traversal and symlinks that escape the root are 404).
 Responses carry ``Content-Type: application/gzip``, an ``ETag``
 (``<mtime ns hex>-<size hex>``, from aiohttp's ``FileResponse``) and support
 ``Range`` and conditional requests. Other methods on an artifact path get 405.
+
+Every request is counted by status (``jaas_artifact_server_requests_total``)
+and, with tracing on, recorded as a server span that continues the trace of
+the W3C ``traceparent`` the client sent (a shard fetching a chained snippet's
+artifact, or a Flux controller that propagates one).
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from pathlib import Path
 from typing import Final
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+from opentelemetry import propagate, trace
+
+from jaas.observability import metrics, tracing
 
 #: Content type of served artifacts (Go's ``mime`` type for ``.gz``).
 CONTENT_TYPE: Final = "application/gzip"
@@ -51,6 +60,31 @@ def add_artifact_routes(app: web.Application, root: Path) -> None:
         return web.FileResponse(target, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 
     app.router.add_get(ROUTE, serve_artifact, name="artifact")
+    app.middlewares.append(_observe)
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the request by status and trace it as a child of the client's ``traceparent``."""
+    status = 500
+    with tracing.tracer.start_as_current_span(
+        f"{request.method} artifact",
+        context=propagate.extract(request.headers),
+        kind=trace.SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "url.path": request.path},
+    ) as span:
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as err:
+            status = err.status
+            raise
+        finally:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(trace.StatusCode.ERROR, f"HTTP {status}")
+            metrics.ARTIFACT_SERVER_REQUESTS.labels(str(status)).inc()
 
 
 def resolve_artifact(base: Path, namespace: str, name: str, file_name: str) -> Path | None:

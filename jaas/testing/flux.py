@@ -222,6 +222,8 @@ class FluxPublisher:
     Attributes:
         requests: number of GET requests served per artifact path (404s included),
             for tests that count downloads.
+        traceparents: the W3C ``traceparent`` header of every GET per artifact
+            path (``""`` when a request had none), in arrival order.
     """
 
     def __init__(self) -> None:
@@ -230,6 +232,7 @@ class FluxPublisher:
         self._runner: web.AppRunner | None = None
         self._port = 0
         self.requests: collections.Counter[str] = collections.Counter()
+        self.traceparents: collections.defaultdict[str, list[str]] = collections.defaultdict(list)
 
     # ------------------------------------------------------------------ HTTP server
 
@@ -279,6 +282,7 @@ class FluxPublisher:
         path = request.match_info["path"]
         if request.method == "GET":
             self.requests[path] += 1
+            self.traceparents[path].append(request.headers.get("traceparent", ""))
         location = self._redirects.get(path)
         if location is not None:
             raise web.HTTPFound(location)

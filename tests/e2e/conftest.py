@@ -23,6 +23,7 @@ from jaas.testing.fluxcontrollers import FluxControllers
 from jaas.testing.gitserver import GitHttpServer
 from jaas.testing.operator import OperatorProcess
 from jaas.testing.registry import OciRegistry
+from tests.e2e.collector_fixture import collector  # noqa: F401  (a fixture)
 from tests.e2e.helpers import TENANT_SA, HostileServer, create_namespace
 
 _HERE = Path(__file__).resolve().parent

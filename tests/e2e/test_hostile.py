@@ -13,6 +13,8 @@ import time
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
+from jaas.api.reasons import Reason
+from jaas.api.runbooks import with_runbook
 from jaas.operator.kube import KubeApiError, KubeClient
 from jaas.operator.reconciler import MAX_MESSAGE, SHORT_MESSAGE
 from jaas.shards.assignment import HashRing
@@ -182,9 +184,10 @@ async def test_a_render_over_the_file_limit_is_refused_in_the_evaluator(
     await create_snippet(client, ns, "big", files={"main.jsonnet": program})
     failed = await wait_reason(client, ns, "big", "ArtifactTooLarge")
     message = ready(failed)["message"]
-    assert message == (
+    assert message == with_runbook(
+        Reason.ARTIFACT_TOO_LARGE,
         "rendered.json would be 17825795 bytes, over the 1048576-byte limit "
-        "(--max-artifact-bytes); refused in the evaluator, nothing published"
+        "(--max-artifact-bytes); refused in the evaluator, nothing published",
     )
 
 

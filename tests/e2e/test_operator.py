@@ -16,6 +16,8 @@ import pytest
 from kubernetes_asyncio.client import ApiClient
 
 from jaas.api.constants import FINALIZER, GROUP, LIBRARY_PLURAL, VERSION
+from jaas.api.reasons import Reason
+from jaas.api.runbooks import with_runbook
 from jaas.operator.kube import KubeApiError, KubeClient, resource_path
 from jaas.operator.publisher import external_artifact_path
 from jaas.shards.assignment import HashRing
@@ -294,7 +296,9 @@ async def test_endless_evaluation_times_out_while_other_snippets_render(
         await wait_reason(client, namespace, f"quick-{i}", "Synced", timeout=30) for i in range(3)
     ]
     obj = await wait_reason(client, namespace, "endless", "EvaluationTimeout", timeout=30)
-    assert ready(obj)["message"] == f"evaluation exceeded {operator.evaluation_timeout:g}s"
+    assert ready(obj)["message"] == with_runbook(
+        Reason.EVALUATION_TIMEOUT, f"evaluation exceeded {operator.evaluation_timeout:g}s"
+    )
     # Server timestamps have one-second resolution.
     took = _timestamp(ready(obj)["lastTransitionTime"]) - _timestamp(
         created["metadata"]["creationTimestamp"]

@@ -11,6 +11,8 @@ import json
 import pytest
 
 from jaas.api.constants import GROUP, LIBRARY_PLURAL, VERSION
+from jaas.api.reasons import Reason
+from jaas.api.runbooks import runbook_suffix
 from jaas.operator.kube import KubeClient, resource_path
 from jaas.testing.operator import OperatorProcess
 from tests.e2e.helpers import create_snippet, download, ready, untar, wait_reason
@@ -84,7 +86,9 @@ async def test_operator_external_variables_reach_every_evaluation_and_cannot_be_
         externalVariables=[{"name": "jaas_region", "value": "mine"}, {"name": "x", "value": "1"}],
     )
     obj = await wait_reason(kube_client, namespace, "redefines", "ExternalVariableConflict")
-    assert ready(obj)["message"].endswith(": jaas_region")
+    assert ready(obj)["message"].endswith(
+        ": jaas_region" + runbook_suffix(Reason.EXTERNAL_VARIABLE_CONFLICT)
+    )
 
 
 async def test_a_named_service_account_that_does_not_exist_is_missing(

@@ -605,7 +605,12 @@ async def test_the_result_carries_the_files_for_kustomize_and_is_returned_encode
 
 
 async def stop_while_evaluating(pool: EvaluatorPool, pause: float) -> EvaluationResult:
-    """Evaluate a ~0.7 s program on a one-worker pool, SIGSTOPping it for ``pause`` s meanwhile."""
+    """Evaluate a ~0.7 s program on a one-worker pool, SIGSTOPping it for ``pause`` s meanwhile.
+
+    The pool needs the operator's 2 GiB memory limit: the evaluation thread's
+    stack and jaas-jrsonnet's own large-stack thread leave a 1 GiB address
+    space too little room for this fold now and then.
+    """
     await until_full(pool)
     (worker,) = pool.worker_pids
     evaluation = asyncio.ensure_future(
@@ -620,14 +625,18 @@ async def stop_while_evaluating(pool: EvaluatorPool, pause: float) -> Evaluation
 
 
 async def test_the_timeout_counts_cpu_time_not_time_spent_stopped() -> None:
-    async with EvaluatorPool(1, timeout=2.0, memory_limit=1 * GiB) as single:
+    async with EvaluatorPool(
+        1, timeout=2.0, memory_limit=defaults.EVALUATION_MEMORY_LIMIT
+    ) as single:
         result = await stop_while_evaluating(single, pause=3.0)  # past 2 s of wall clock
     assert result.rendered == b"4500001500000\n"
     assert single.timeouts == 0
 
 
 async def test_a_worker_that_makes_no_progress_is_stopped_by_the_wall_clock() -> None:
-    async with EvaluatorPool(1, timeout=1.0, memory_limit=1 * GiB) as single:
+    async with EvaluatorPool(
+        1, timeout=1.0, memory_limit=defaults.EVALUATION_MEMORY_LIMIT
+    ) as single:
         with pytest.raises(ReasonError) as caught:
             await stop_while_evaluating(single, pause=5.0)  # past 4 × the timeout
     assert caught.value.reason is Reason.EVALUATION_TIMEOUT
@@ -642,8 +651,14 @@ async def test_a_full_queue_answers_busy_per_namespace_and_in_all() -> None:
     def request(namespace: str) -> EvaluationRequest:
         return dataclasses.replace(snippet(slow), label=f"{namespace}/s")
 
+    # The operator's memory limit: under 1 GiB of address space jrsonnet's
+    # growing stack segments for this fold sometimes run out.
     async with EvaluatorPool(
-        1, timeout=30.0, memory_limit=1 * GiB, max_waiting=2, max_waiting_per_flow=1
+        1,
+        timeout=30.0,
+        memory_limit=defaults.EVALUATION_MEMORY_LIMIT,
+        max_waiting=2,
+        max_waiting_per_flow=1,
     ) as single:
         await until_full(single)
         running = asyncio.ensure_future(single.evaluate(request("a")))

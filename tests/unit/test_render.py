@@ -21,6 +21,7 @@ import yaml
 
 from jaas import defaults
 from jaas.api.reasons import Reason, ReasonError
+from jaas.api.runbooks import with_runbook
 from jaas.evaluator.engines import ENGINES
 from jaas.evaluator.pool import EvaluatorPool
 from jaas.render import (
@@ -47,6 +48,11 @@ function(name='cm', replicas=1) {
   data: { replicas: std.toString(replicas), cluster: std.extVar('cluster') },
 }
 """
+
+
+def ready_condition(reason: str, message: str) -> tuple[str, str]:
+    """The Ready ``(reason, message)`` the operator writes: the message ends in its runbook link."""
+    return reason, with_runbook(Reason(reason), message)
 
 
 def snippet(name: str = "s", namespace: str | None = "team", **spec: Any) -> dict[str, Any]:
@@ -134,7 +140,7 @@ async def test_an_external_variable_that_redefines_an_operator_one_is_a_conflict
     error = await failure(
         pool, manifest, options=RenderOptions(ext_vars={"cluster": "op", "env": "op"})
     )
-    assert condition_of(error) == (
+    assert condition_of(error) == ready_condition(
         "ExternalVariableConflict",
         "spec.externalVariables may not redefine the operator's external variables "
         "(--ext-var, JAAS_EXT_VAR_*): cluster, env",
@@ -153,7 +159,7 @@ async def test_a_jsonnet_error_is_evaluation_failed_naming_the_file_and_line(
 
 async def test_an_invalid_spec_is_the_operators_invalid_spec(pool: EvaluatorPool) -> None:
     error = await failure(pool, snippet(files={"main.jsonnet": "{}"}, output="yaml"))
-    assert condition_of(error) == (
+    assert condition_of(error) == ready_condition(
         "InvalidSpec",
         "spec.output 'yaml' must be rendered or source",
     )
@@ -172,7 +178,7 @@ async def test_the_evaluation_timeout_is_the_pools() -> None:
     endless = "std.foldl(function(a, b) a + b, std.range(1, 1000000000), 0)"
     async with EvaluatorPool(1, timeout=0.5, memory_limit=1 << 30) as short:
         error = await failure(short, snippet(files={"main.jsonnet": endless}))
-    assert condition_of(error) == ("EvaluationTimeout", "evaluation exceeded 500ms")
+    assert condition_of(error) == ready_condition("EvaluationTimeout", "evaluation exceeded 500ms")
 
 
 async def test_the_max_stack_is_the_operators(pool: EvaluatorPool) -> None:
@@ -218,7 +224,7 @@ async def test_a_source_ref_path_without_files_is_invalid_spec(
     root = write_tree(tmp_path / "repo", {"main.jsonnet": "{}"})
     manifest = snippet(sourceRef={"kind": "Bucket", "name": "b", "path": "nowhere"})
     error = await failure(pool, manifest, source=SourceDirectory(root))
-    assert condition_of(error) == (
+    assert condition_of(error) == ready_condition(
         "InvalidSpec",
         "resolve source: the artifact of Bucket team/b holds no usable files under path 'nowhere'",
     )
@@ -231,7 +237,7 @@ async def test_the_operators_caps_apply_to_a_source_directory(
     root = write_tree(tmp_path / "repo", {"main.jsonnet": "{}", "big.json": b"0" * big})
     manifest = snippet(sourceRef={"kind": "GitRepository", "name": "r"})
     error = await failure(pool, manifest, source=SourceDirectory(root))
-    assert condition_of(error) == (
+    assert condition_of(error) == ready_condition(
         "SourceFetchFailed",
         f"resolve source: GitRepository team/r: tar entry 'big.json' is {big} bytes, over the "
         "16777216-byte per-entry cap",
@@ -319,7 +325,9 @@ async def test_library_aliases_follow_the_operators_rules(
         ],
     )
     error = await failure(pool, twice, libraries={"x": lib})
-    assert condition_of(error) == ("InvalidSpec", "spec.libraries: import path 'x' is used twice")
+    assert condition_of(error) == ready_condition(
+        "InvalidSpec", "spec.libraries: import path 'x' is used twice"
+    )
     shadow = snippet(
         files={"main.jsonnet": "{}"}, libraries=[{"kind": "JsonnetLibrary", "name": "greeter"}]
     )
@@ -485,10 +493,12 @@ def test_cli_reports_the_reason_and_message_and_exits_1(tmp_path: Path) -> None:
         "examples/inline-snippet.yaml", "--ext-var", "cluster=x", "--engine", "go-jsonnet"
     )
     assert conflict.returncode == 1
-    assert conflict.stderr.decode() == (
-        "ExternalVariableConflict: spec.externalVariables may not redefine the operator's "
-        "external variables (--ext-var, JAAS_EXT_VAR_*): cluster\n"
+    message = with_runbook(
+        Reason.EXTERNAL_VARIABLE_CONFLICT,
+        "spec.externalVariables may not redefine the operator's "
+        "external variables (--ext-var, JAAS_EXT_VAR_*): cluster",
     )
+    assert conflict.stderr.decode() == f"ExternalVariableConflict: {message}\n"
 
 
 def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
