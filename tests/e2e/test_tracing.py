@@ -12,10 +12,15 @@ re-render to its source revision, and the trace id in the operator's logs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -398,3 +403,58 @@ def test_sampling_nothing_exports_nothing(collector: Collector, tmp_path: Path) 
     names = [s.name for s in spans]
     assert "flushed" not in names
     assert names.count("unsampled") == 1  # the sampled process's, not the first one's
+
+
+def management(proc: OperatorProcess, path: str) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of ``GET <management port><path>``."""
+    url = f"http://127.0.0.1:{proc.management_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+async def test_sigterm_turns_unready_finishes_in_flight_reconciles_and_flushes_spans(
+    traced: OperatorProcess, collector: Collector, api: client.ApiClient
+) -> None:
+    # Runs last in this module: it stops the traced operator.
+    for path in ("/livez", "/readyz", "/startupz", "/live", "/ready", "/start", "/healthz"):
+        assert management(traced, path) == (200, {"status": "ok"}), path
+    admin = KubeClient(api)
+    ns = await create_namespace(admin, "traced-shutdown")
+    # About a second of CPU: in flight when SIGTERM arrives, within the 2 s timeout.
+    slow = "std.foldl(function(a, b) a + b, std.range(1, 4000000), 0)"
+    await create_snippet(admin, ns, "in-flight", files={"main.jsonnet": slow})
+    deadline = time.monotonic() + 30
+    while not [v for v in in_flight(traced.metrics()) if v > 0]:
+        assert time.monotonic() < deadline, "the evaluation never started"
+        await asyncio.sleep(0.02)
+    assert traced.process is not None
+    leader = traced.process
+    leader.send_signal(signal.SIGTERM)
+    # Readiness turns false at once; the process is still alive.
+    assert management(traced, "/readyz") == (503, {"status": "not_ready"})
+    assert management(traced, "/livez") == (200, {"status": "ok"})
+    code = await asyncio.to_thread(leader.wait, 60)
+    assert code == 0
+    # The reconcile that was in flight finished before the shard exited ...
+    await wait_reason(admin, ns, "in-flight", "Synced", timeout=5)
+    # ... and its spans, from all three processes, were exported on the way out.
+    _, tree = wait_for_trace(
+        collector,
+        ns,
+        "in-flight",
+        lambda r: r.attributes.get("jaas.reason") == "Synced",
+        has("snippet.status", "evaluator.evaluate", "jsonnet.evaluate"),
+    )
+    assert {s.resource["jaas.process.kind"] for s in tree} == {"shard", "leader", "evaluator"}
+
+
+def in_flight(exposition: str) -> list[float]:
+    """``jaas_eval_in_flight`` sample values of a Prometheus exposition."""
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith("jaas_eval_in_flight")
+    ]

@@ -6,6 +6,7 @@ from typing import Any
 
 from jaas.operator.informer import Event, EventType
 from jaas.operator.triggers import TriggerIndex
+from jaas.operator.workqueue import Trigger
 
 
 def snippet(ns: str, name: str, gen: int = 1, **spec: Any) -> dict[str, Any]:
@@ -103,3 +104,21 @@ def test_lookups_do_not_scan_every_library() -> None:
     index.handle("JsonnetSnippet", added(snippet("a", "s", libraries=[{"name": "l7"}])))
     assert index.snippets_of_source(("Bucket", "a", "b7")) == {("a", "s")}
     assert index.snippets_of_source(("Bucket", "a", "b8")) == set()
+
+
+def test_each_event_says_why_it_queues() -> None:
+    index = TriggerIndex()
+    first = snippet("a", "s", sourceRef={"kind": "Bucket", "name": "b"}, libraries=[{"name": "l"}])
+    assert index.handle("JsonnetSnippet", added(first)).why == Trigger("created")
+    second = snippet("a", "s", gen=2, sourceRef={"kind": "Bucket", "name": "b"})
+    assert index.handle("JsonnetSnippet", modified(first, second)).why == Trigger("generation")
+    requested = snippet("a", "s", gen=2, sourceRef={"kind": "Bucket", "name": "b"})
+    requested["metadata"]["annotations"] = {"reconcile.fluxcd.io/requestedAt": "now"}
+    assert index.handle("JsonnetSnippet", modified(second, requested)).why == Trigger("requestedAt")
+    deleting = {**requested, "metadata": {**requested["metadata"], "deletionTimestamp": "t"}}
+    assert index.handle("JsonnetSnippet", modified(requested, deleting)).why == Trigger("deletion")
+    changed = index.handle("Bucket", modified(source("a", "b", "r1"), source("a", "b", "r2")))
+    assert changed.why == Trigger("source", ("Bucket", "a", "b"), "r2")
+    assert index.handle("JsonnetLibrary", added(library("a", "l"))).why == Trigger(
+        "library", ("JsonnetLibrary", "a", "l")
+    )

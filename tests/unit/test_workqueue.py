@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from jaas.operator.workqueue import ShutDown, WorkQueue
+from jaas.operator.workqueue import MAX_TRIGGERS, ShutDown, Trigger, WorkQueue
 
 
 async def test_duplicate_adds_are_processed_once() -> None:
@@ -184,3 +184,48 @@ async def test_a_key_re_added_while_its_flow_is_at_the_bound_runs_after_done() -
 def test_the_in_flight_bound_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         WorkQueue(max_in_flight_per_flow=0)
+
+
+async def test_the_worker_learns_why_a_key_was_queued_once() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    source = Trigger("source", ("GitRepository", "ns", "repo"), "main@sha1:1")
+    queue.add("a", Trigger("created"))
+    queue.add("a", source)  # coalesced with the first add
+    queue.add("a", source)  # the same reason is kept once
+    queue.add("a")  # no reason given
+    assert await queue.get() == "a"
+    assert queue.take_triggers("a") == [Trigger("created"), source]
+    assert queue.take_triggers("a") == []
+    queue.add("a", Trigger("generation"))  # while processing: kept for the next turn
+    queue.done("a")
+    assert await queue.get() == "a"
+    assert queue.take_triggers("a") == [Trigger("generation")]
+
+
+async def test_a_delayed_add_brings_its_reason_when_it_fires() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    queue.add_after("a", 0.01, Trigger("interval"))
+    assert await asyncio.wait_for(queue.get(), 1) == "a"
+    assert queue.take_triggers("a") == [Trigger("interval")]
+
+
+async def test_triggers_kept_per_key_are_bounded() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    for i in range(3 * MAX_TRIGGERS):
+        queue.add("a", Trigger("source", ("GitRepository", "ns", "repo"), f"r{i}"))
+    await queue.get()
+    kept = queue.take_triggers("a")
+    assert [t.revision for t in kept] == [f"r{i}" for i in range(MAX_TRIGGERS)]
+
+
+async def test_oldest_waiting_is_the_age_of_the_longest_waiting_key() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    assert queue.oldest_waiting() == 0.0
+    queue.add("a")
+    await asyncio.sleep(0.05)
+    queue.add("b")
+    assert queue.oldest_waiting() >= 0.05
+    await queue.get()  # "a" is taken: "b" is now the oldest
+    assert queue.oldest_waiting() < 0.05
+    await queue.get()
+    assert queue.oldest_waiting() == 0.0
