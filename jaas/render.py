@@ -583,6 +583,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     import asyncio
 
     from jaas.evaluator.libraries import LibraryPathError, load_library_paths
+    from jaas.observability import tracing
 
     try:
         try:
@@ -610,7 +611,13 @@ def main_from_args(args: argparse.Namespace) -> int:
             max_stack=args.max_stack,
             max_artifact_bytes=args.max_artifact_bytes,
         )
-        rendered = asyncio.run(_render_once(args, manifest, source, libraries, options))
+        # With OTEL_EXPORTER_OTLP_* set, a render is one trace like a reconcile's.
+        provider = tracing.setup_tracing("render")
+        try:
+            with tracing.span("jaas.render", attributes={"jaas.manifest": args.manifest}):
+                rendered = asyncio.run(_render_once(args, manifest, source, libraries, options))
+        finally:
+            tracing.shutdown_tracing(provider)
     except UsageError as err:
         print(f"jaas render: error: {err}", file=sys.stderr)
         return 2
