@@ -108,6 +108,11 @@ _OUT_OF_MEMORY_BYTES = tuple(sign.encode() for sign in OUT_OF_MEMORY_SIGNS)
 _LONGEST_SIGN = max(len(sign) for sign in _OUT_OF_MEMORY_BYTES)
 
 
+#: Seconds a worker told to stop (its socket closed) may take to exit before
+#: it is killed: long enough to export its last spans (``FLUSH_TIMEOUT``).
+REAP_GRACE = 5.0
+
+
 class _Overrun(Exception):
     """An evaluation passed its CPU-time or wall-clock limit."""
 
@@ -278,6 +283,8 @@ class EvaluatorPool:
         # Requests waiting for a worker, one FIFO per flow.
         self._waiters: FairQueue[Hashable, asyncio.Future[_Worker]] = FairQueue()
         self._respawns: set[asyncio.Task[None]] = set()
+        #: Workers that retired themselves, given time to exit (``_retire``).
+        self._reaping: set[asyncio.Task[int]] = set()
         self._started = False
         self._closed = False
 
@@ -338,7 +345,12 @@ class EvaluatorPool:
             raise RuntimeError(f"evaluator workers failed to start: {errors[0]}") from errors[0]
 
     async def close(self) -> None:
-        """Kill every worker and wait for them; pending ``evaluate`` calls fail."""
+        """Stop every worker and wait for them; pending ``evaluate`` calls fail.
+
+        An idle worker is told to stop by closing its socket and exits on its
+        own (exporting the spans it still holds), or is killed after
+        ``REAP_GRACE`` seconds; a busy one is killed at once.
+        """
         self._closed = True
         for task in self._respawns:
             task.cancel()
@@ -350,10 +362,13 @@ class EvaluatorPool:
         workers = list(self._workers)
         for worker in workers:
             worker.retired = True
-            worker.kill()
+            if worker.busy:
+                worker.kill()
             worker.writer.close()
+        await asyncio.gather(
+            *(self._reap(worker) for worker in workers), *self._reaping, return_exceptions=True
+        )
         for worker in workers:
-            await worker.process.wait()
             for helper in (worker.monitor_task, worker.stderr_task):
                 if helper is not None:
                     helper.cancel()
@@ -460,7 +475,7 @@ class EvaluatorPool:
             return reply, body
         if kind == ERROR:
             if reply.get("retire"):
-                self._retire(worker)
+                self._retire(worker, exiting=True)
             else:
                 self._release(worker)
             missing = reply.get("missing")
@@ -694,13 +709,22 @@ class EvaluatorPool:
             return
         self._dispatch(worker)
 
-    def _retire(self, worker: _Worker) -> None:
-        """Kill ``worker`` (if still running) and start a replacement once."""
+    def _retire(self, worker: _Worker, *, exiting: bool = False) -> None:
+        """Kill ``worker`` (if still running) and start a replacement once.
+
+        ``exiting``: the worker said it retires and exits by itself; it is
+        given ``REAP_GRACE`` seconds (to export its spans) before it is killed.
+        """
         worker.busy = False
         if worker.retired:
             return
         worker.retired = True
-        worker.kill()
+        if exiting:
+            reaping = asyncio.create_task(self._reap(worker))
+            self._reaping.add(reaping)
+            reaping.add_done_callback(self._reaping.discard)
+        else:
+            worker.kill()
         worker.writer.close()
         self._workers.discard(worker)
         with contextlib.suppress(ValueError):
@@ -754,7 +778,7 @@ class EvaluatorPool:
     async def _reap(worker: _Worker) -> int:
         """Wait for a worker that closed its socket to exit (killing it if it lingers)."""
         try:
-            async with asyncio.timeout(5.0):
+            async with asyncio.timeout(REAP_GRACE):
                 return await worker.process.wait()
         except TimeoutError:
             worker.kill()

@@ -30,7 +30,8 @@ from jaas.observability.multiproc import ENV
 
 RECONCILE_TOTAL = Counter(
     "jaas_snippet_reconcile_total",
-    "Ready condition writes of JsonnetSnippets, by outcome and by the shard that reconciled.",
+    "Reconciles of JsonnetSnippets by outcome (status True/False/Unknown; reason: the Ready "
+    "reason, or how a reconcile without a Ready write ended) and by the shard.",
     ["namespace", "name", "status", "reason", "shard"],
 )
 RECONCILE_SECONDS = Histogram(
@@ -47,7 +48,7 @@ RENDERED_BYTES = Histogram(
 )
 WORKQUEUE_DEPTH = Gauge(
     "jaas_workqueue_depth",
-    "Snippets waiting for a reconcile in a shard.",
+    "Snippets waiting for a reconcile in a shard or being reconciled.",
     ["shard"],
     multiprocess_mode="livesum",
 )
@@ -161,6 +162,10 @@ ARTIFACT_SERVER_REQUESTS = Counter(
     "jaas_artifact_server_requests_total",
     "Requests to the operator's artifact server, by HTTP status code.",
     ["code"],
+)
+STORAGE_SWEEP_FAILURES = Counter(
+    "jaas_storage_sweep_failures_total",
+    "Sweeps of abandoned temporary files in the artifact store that failed (metio/jaas).",
 )
 SOURCE_FETCHES = Counter(
     "jaas_source_fetch_total",

@@ -120,6 +120,7 @@ class Leader:
             try:
                 removed = await asyncio.to_thread(store.sweep)
             except OSError as err:
+                metrics.STORAGE_SWEEP_FAILURES.inc()
                 log.warning("storage sweep failed: %s", err)
             else:
                 if removed:
