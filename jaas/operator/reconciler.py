@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -218,14 +219,24 @@ def _too_large(err: KubeApiError) -> bool:
 def shorten_message(message: str, limit: int = MAX_MESSAGE) -> str:
     """Cut ``message`` to ``limit`` characters, keeping its head and its tail.
 
-    The head says what failed, the tail where (the outermost stack frames).
+    The head says what failed, the tail where (the outermost stack frames). A
+    runbook link at the end (:func:`failure_message`) is kept whole, after
+    the tail of the message it ends.
     """
     if len(message) <= limit:
         return message
-    marker = f"\n... ({len(message) - limit} characters cut) ...\n"
-    keep = limit - len(marker)
+    link = _RUNBOOK_LINK.search(message)
+    suffix = link.group(0) if link is not None and len(link.group(0)) < limit // 2 else ""
+    body = message[: len(message) - len(suffix)]
+    room = limit - len(suffix)
+    marker = f"\n... ({len(body) - room} characters cut) ...\n"
+    keep = room - len(marker)
     head = keep * 3 // 4
-    return message[:head] + marker + message[len(message) - (keep - head) :]
+    return body[:head] + marker + body[len(body) - (keep - head) :] + suffix
+
+
+#: The runbook link ``failure_message`` ends a message with.
+_RUNBOOK_LINK = re.compile(r" \(runbook: [^\s()]+\)$")
 
 
 def failure_message(err: ReasonError) -> str:
@@ -233,7 +244,7 @@ def failure_message(err: ReasonError) -> str:
 
     As metio/jaas (``decorateMessage``), every failure message ends in
     `` (runbook: <url>)``; see :mod:`jaas.api.runbooks`. ``shorten_message``
-    keeps the link, which is in the tail it keeps.
+    keeps the link whole.
     """
     return with_runbook(err.reason, err.message)
 

@@ -27,6 +27,9 @@ from jaas.api.constants import (
     SNIPPET_PLURAL,
     VERSION,
 )
+from jaas.operator.kube import KubeClient
+from jaas.testing.operator import OperatorProcess
+from tests.e2e.helpers import wait_reason
 
 Obj = dict[str, Any]
 
@@ -664,10 +667,16 @@ async def test_status_history_entry_needs_revision_and_time(
 # ---------------------------------------------------------------------------
 
 
-async def test_snippet_printer_columns(kube: client.ApiClient, namespace: str) -> None:
+async def test_snippet_printer_columns(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
     created = await create(
         kube, namespace, SNIPPET_PLURAL, snippet("printed", {"files": INLINE, "suspend": True})
     )
+    # The session's operator (running for every test that shares its control
+    # plane) writes Suspended once; our status goes after it, or the
+    # operator's write could land on top of it.
+    await wait_reason(KubeClient(kube), namespace, "printed", "Suspended")
     await write_status(kube, namespace, created, FULL_STATUS)
 
     printed = await table(kube, namespace, SNIPPET_PLURAL)

@@ -14,7 +14,7 @@ import pytest
 from kubernetes_asyncio.client import ApiClient
 
 from jaas.api.reasons import Reason
-from jaas.api.runbooks import with_runbook
+from jaas.api.runbooks import runbook_suffix, with_runbook
 from jaas.operator.kube import KubeApiError, KubeClient
 from jaas.operator.reconciler import MAX_MESSAGE, SHORT_MESSAGE
 from jaas.shards.assignment import HashRing
@@ -239,6 +239,7 @@ async def test_a_failing_snippet_at_etcds_size_limit_still_gets_its_status(
     message = condition["message"]
     assert message.startswith("runtime error: broken: xxx"), message
     # The span's end differs by engine (rjsonnet: 1:1-43, jaas-jrsonnet: 1:1-5).
-    assert re.search(r"\n    main\.jsonnet:1:1-\d+: error statement$", message), message
+    runbook = re.escape(runbook_suffix(Reason.EVALUATION_FAILED))
+    assert re.search(rf"\n    main\.jsonnet:1:1-\d+: error statement{runbook}$", message), message
     # The status with the full message was refused; the fallback cut it short.
     assert len(message) <= SHORT_MESSAGE < MAX_MESSAGE

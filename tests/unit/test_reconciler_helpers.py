@@ -1,6 +1,10 @@
+from jaas.api.reasons import Reason, ReasonError
+from jaas.api.runbooks import runbook_suffix
 from jaas.operator.informer import Event, EventType
 from jaas.operator.reconciler import (
     MAX_MESSAGE,
+    SHORT_MESSAGE,
+    failure_message,
     file_name_of,
     jitter,
     shorten_message,
@@ -64,3 +68,15 @@ def test_long_messages_keep_head_and_tail_within_the_limit() -> None:
     assert cut.startswith("HEAD")
     assert cut.endswith("TAIL")
     assert "characters cut" in cut
+
+
+def test_a_cut_failure_message_keeps_its_tail_and_its_whole_runbook_link() -> None:
+    frames = "\n    main.jsonnet:1:1-5: error statement"
+    err = ReasonError(Reason.EVALUATION_FAILED, "runtime error: " + "x" * 20_000 + frames)
+    message = failure_message(err)
+    link = runbook_suffix(Reason.EVALUATION_FAILED)
+    for limit in (MAX_MESSAGE, SHORT_MESSAGE):
+        cut = shorten_message(message, limit)
+        assert len(cut) <= limit
+        assert cut.startswith("runtime error: xxx")
+        assert cut.endswith(frames + link), cut[-200:]
