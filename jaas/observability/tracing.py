@@ -33,13 +33,16 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from jaas import __version__
 from jaas.api.reasons import ReasonError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +128,7 @@ def export_protocol(environ: Mapping[str, str] = os.environ) -> str:
 
 def setup_tracing(
     kind: str, *, shard: str = "", environ: Mapping[str, str] = os.environ
-) -> Any | None:
+) -> TracerProvider | None:
     """Install this process's tracer provider if ``environ`` enables tracing.
 
     Args:
@@ -134,8 +137,8 @@ def setup_tracing(
         environ: the environment to read (this process's).
 
     Returns:
-        The ``opentelemetry.sdk.trace.TracerProvider`` installed, or None
-        when tracing is off (nothing imported, nothing installed).
+        The tracer provider installed, or None when tracing is off (the SDK
+        is not even imported then).
 
     Raises:
         ValueError: an unsupported ``OTEL_EXPORTER_OTLP_*PROTOCOL``.
@@ -228,7 +231,7 @@ def span(
             raise
 
 
-def shutdown_tracing(provider: Any | None, timeout: float = FLUSH_TIMEOUT) -> None:
+def shutdown_tracing(provider: TracerProvider | None, timeout: float = FLUSH_TIMEOUT) -> None:
     """Export the spans still queued (waiting at most ``timeout`` seconds), then stop."""
     if provider is None:
         return
