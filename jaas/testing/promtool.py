@@ -15,6 +15,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 #: The variable (in the environment or in :func:`env_file`) naming the promtool binary.
 ENV = "PROMTOOL"
 #: What to run when promtool is missing.
@@ -82,3 +84,27 @@ def run_promtool(
         check=False,
         timeout=timeout,
     )
+
+
+def check_expressions(
+    expressions: Sequence[str], directory: Path, name: str
+) -> subprocess.CompletedProcess[str]:
+    """Parse PromQL ``expressions`` with ``promtool check rules``; return its result.
+
+    Each expression becomes a recording rule ``jaas:<name>:<index>`` in a rule
+    file ``<directory>/<name>-rules.yaml``: promtool has no command that
+    parses a bare expression, but it parses every rule's ``expr``. Exit code
+    0 and ``SUCCESS: <n> rules found`` mean every expression parsed.
+
+    Raises:
+        PromtoolNotFoundError: from :func:`promtool_path`.
+    """
+    rules = directory / f"{name}-rules.yaml"
+    group = {
+        "name": name,
+        "rules": [
+            {"record": f"jaas:{name}:{i}", "expr": expr} for i, expr in enumerate(expressions)
+        ],
+    }
+    rules.write_text(yaml.safe_dump({"groups": [group]}))
+    return run_promtool(["check", "rules", str(rules)])

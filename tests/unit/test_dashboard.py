@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from jaas.testing.promql import exported_metric_names, metric_names, vector_selectors
-from jaas.testing.promtool import run_promtool
+from jaas.testing.promtool import check_expressions
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "deploy" / "dashboards"
@@ -159,36 +159,14 @@ def test_every_expr_is_promql(dashboard: dict[str, Any], tmp_path: Path) -> None
     """Each query parses as the expression of a recording rule (``promtool check rules``)."""
     queries = [as_promql(e) for e in exprs(dashboard)]
     assert not [q for q in queries if "$" in q], "a Grafana variable the test does not know"
-    rules = tmp_path / "dashboard-rules.yaml"
-    rules.write_text(
-        yaml.safe_dump(
-            {
-                "groups": [
-                    {
-                        "name": "dashboard",
-                        "rules": [
-                            {"record": f"jaas:dashboard:query{i}", "expr": q}
-                            for i, q in enumerate(queries)
-                        ],
-                    }
-                ]
-            }
-        )
-    )
-    result = run_promtool(["check", "rules", str(rules)])
+    result = check_expressions(queries, tmp_path, "dashboard")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(queries)} rules found" in result.stdout
 
 
 def test_promtool_refuses_a_broken_expr(tmp_path: Path) -> None:
     """The check above can fail: an unclosed call is a parse error."""
-    rules = tmp_path / "broken.yaml"
-    rules.write_text(
-        yaml.safe_dump(
-            {"groups": [{"name": "g", "rules": [{"record": "r", "expr": "sum(rate(x[5m])"}]}]}
-        )
-    )
-    result = run_promtool(["check", "rules", str(rules)])
+    result = check_expressions(["sum(rate(x[5m])"], tmp_path, "broken")
     assert result.returncode == 1
     assert "parse error" in result.stdout + result.stderr
 

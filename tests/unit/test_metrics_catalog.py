@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 from prometheus_client import Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from jaas.observability import metrics
 from jaas.testing.promql import metric_names
-from jaas.testing.promtool import run_promtool
+from jaas.testing.promtool import check_expressions
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "metrics.md"
@@ -498,22 +497,6 @@ def test_promql_examples_select_served_metrics() -> None:
 def test_promql_examples_parse(tmp_path: Path) -> None:
     """Each example parses as a recording rule's expression (``promtool check rules``)."""
     examples = promql_examples()
-    rules = tmp_path / "metrics-doc-rules.yaml"
-    rules.write_text(
-        yaml.safe_dump(
-            {
-                "groups": [
-                    {
-                        "name": "metrics-doc",
-                        "rules": [
-                            {"record": f"jaas:doc:example{i}", "expr": expr}
-                            for i, expr in enumerate(examples)
-                        ],
-                    }
-                ]
-            }
-        )
-    )
-    result = run_promtool(["check", "rules", str(rules)])
+    result = check_expressions(examples, tmp_path, "metrics-doc")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(examples)} rules found" in result.stdout
