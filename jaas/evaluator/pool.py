@@ -471,7 +471,10 @@ class EvaluatorPool:
         reply, body = frame
         kind = reply.get("type")
         if kind == RESULT:
-            self._release(worker)
+            if reply.get("retire"):
+                self._retire(worker, exiting=True)  # out of room for another evaluation
+            else:
+                self._release(worker)
             return reply, body
         if kind == ERROR:
             if reply.get("retire"):

@@ -70,7 +70,7 @@ from jaas.evaluator.request import (
 from jaas.evaluator.trees import DEFAULT_MEMORY_BYTES, TreeStore, resolve_trees
 from jaas.ipc import RELAY_HEADROOM, FrameError, recv_frame, send_frame
 from jaas.observability import tracing
-from jaas.observability.memory import reset_peak_resident
+from jaas.observability.memory import reset_peak_resident, virtual_bytes
 from jaas.sources.cache import ArtifactCache
 from jaas.sources.extract import MAX_ENTRY_BYTES, MAX_EXTRACTED_BYTES
 from jaas.storage.objects import consumer_files_for
@@ -290,7 +290,42 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(0)
 
 
-def serve(sock: socket.socket, cpu_limit: int = 0, trees: TreeStore | None = None) -> int:
+class AddressSpace:
+    """Whether this worker still has room for another evaluation under its ``RLIMIT_AS``.
+
+    An evaluation needs a transient share of address space (the evaluation
+    thread's stack, the engine's own large-stack thread, their arenas) on top
+    of what the process keeps between evaluations, measured by the start-up
+    self-test as ``VmPeak - VmSize``. The heap an evaluation leaves behind
+    (freed but not returned to the system) stays counted, so after a
+    memory-hungry render the next, harmless one could fail for lack of room:
+    one tenant's input failing another's. A worker whose kept address space
+    plus that transient share passes :data:`RETIRE_FRACTION` of the limit
+    retires after answering, and the pool starts a fresh one.
+    """
+
+    #: Share of the memory limit a worker may plan to use for its next evaluation.
+    RETIRE_FRACTION = 0.9
+
+    def __init__(self, limit: int) -> None:
+        size, peak = virtual_bytes()
+        self.limit = limit
+        self.transient = max(peak - size, 0)
+
+    def exhausted(self) -> bool:
+        """Whether the next evaluation might not find the room it needs (never without a limit)."""
+        if not self.limit:
+            return False
+        size, _ = virtual_bytes()
+        return size + self.transient > self.limit * self.RETIRE_FRACTION
+
+
+def serve(
+    sock: socket.socket,
+    cpu_limit: int = 0,
+    trees: TreeStore | None = None,
+    memory_limit: int = 0,
+) -> int:
     """Answer ``evaluate`` frames on ``sock`` until it closes; return the exit status.
 
     ``trees`` reads the file trees a request names by digest (see
@@ -311,6 +346,7 @@ def serve(sock: socket.socket, cpu_limit: int = 0, trees: TreeStore | None = Non
     if self_test.result is None:
         print(f"jaas evaluator: self-test failed: {self_test.message}", file=sys.stderr)
         return 3
+    room = AddressSpace(memory_limit)
     send_frame(sock, {"type": READY, "pid": os.getpid()})
     shared: dict[str, Files] = {}
     while True:
@@ -366,30 +402,34 @@ def serve(sock: socket.socket, cpu_limit: int = 0, trees: TreeStore | None = Non
             else:
                 span.set_attribute("jaas.eval.renderedBytes", outcome.result.size)
         del request
-        retire = outcome.retire
+        retire = outcome.retire or room.exhausted()
         if outcome.result is None:
             reply = error_header(outcome.message, retire=retire, reason=outcome.reason.value)
             send_frame(sock, reply)
         else:
-            send_result(sock, outcome.result)
+            send_result(sock, outcome.result, retire=retire)
         del outcome  # the output is not kept while waiting for the next request
         if retire:
             return 1
 
 
-def send_result(sock: socket.socket, result: EvaluationResult) -> None:
+def send_result(sock: socket.socket, result: EvaluationResult, *, retire: bool = False) -> None:
     """Send ``result``'s frame, or ``ArtifactTooLarge`` if it cannot be relayed as one frame.
 
     The header keeps ``RELAY_HEADROOM`` free for the leader, which forwards
     the frame to the shard inside its own; the check happens before anything
     is written, so neither the leader nor the shard ever buffers such a frame.
+    ``retire`` tells the pool that this worker exits after the frame.
     """
     header, payload = result.to_frame()
+    if retire:
+        header["retire"] = True
     try:
         send_frame(sock, header, payload, headroom=RELAY_HEADROOM)
     except FrameError as err:
         message = f"the evaluation result cannot be sent from the evaluator: {err}"
-        send_frame(sock, error_header(message, reason=Reason.ARTIFACT_TOO_LARGE.value))
+        reply = error_header(message, reason=Reason.ARTIFACT_TOO_LARGE.value, retire=retire)
+        send_frame(sock, reply)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -433,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
     try:
-        return serve(sock, args.cpu_limit, trees)
+        return serve(sock, args.cpu_limit, trees, args.memory_limit)
     except (BrokenPipeError, ConnectionResetError):
         return 0
     finally:

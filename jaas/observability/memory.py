@@ -17,6 +17,14 @@ def _status_bytes(pid: int | str, field: str) -> int:
     return 0
 
 
+def virtual_bytes(pid: int | str = "self") -> tuple[int, int]:
+    """``(size, peak)`` of ``pid``'s address space in bytes; ``(0, 0)`` if it is gone.
+
+    ``VmSize`` and ``VmPeak`` of ``/proc/<pid>/status``: what ``RLIMIT_AS`` limits.
+    """
+    return _status_bytes(pid, "VmSize:"), _status_bytes(pid, "VmPeak:")
+
+
 def resident_bytes(pid: int | str = "self") -> int:
     """Resident set size of ``pid`` (default: this process) in bytes; 0 if it is gone.
 

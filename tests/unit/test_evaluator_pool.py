@@ -20,6 +20,8 @@ from jaas.api.reasons import Reason, ReasonError
 from jaas.evaluator.libraries import load_library_paths
 from jaas.evaluator.pool import EvaluatorPool, format_bytes
 from jaas.evaluator.request import EvaluationRequest, EvaluationResult, EvaluatorBusy
+from jaas.evaluator.worker import AddressSpace
+from jaas.observability.memory import virtual_bytes
 
 GiB = 1024**3
 ENDLESS = b"std.foldl(function(a, b) a + b, std.range(1, 1000000000), 0)"
@@ -692,3 +694,21 @@ async def test_jrsonnet_answers_cleanly_where_rjsonnet_crashes(source: str, says
         assert says in error.message
         assert "main.jsonnet" in error.message or says == "stack overflow"
         assert ours.crashes == 0
+
+
+def test_a_worker_without_room_for_another_evaluation_retires() -> None:
+    # The retire check of the worker, on this process's own address space.
+    room = AddressSpace(0)
+    assert not room.exhausted()  # no limit: never
+    size, peak = virtual_bytes()
+    assert room.transient == peak - size
+    roomy = AddressSpace(64 * GiB)
+    assert not roomy.exhausted()
+    tight = AddressSpace(
+        int((size + max(peak - size, 0)) / AddressSpace.RETIRE_FRACTION) + 64 * 2**20
+    )
+    assert not tight.exhausted()
+    kept = bytearray(256 * 2**20)  # heap an evaluation left behind
+    assert tight.exhausted()
+    del kept
+    assert not tight.exhausted()
