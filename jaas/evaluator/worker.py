@@ -300,12 +300,13 @@ class AddressSpace:
     (freed but not returned to the system) stays counted, so after a
     memory-hungry render the next, harmless one could fail for lack of room:
     one tenant's input failing another's. A worker whose kept address space
-    plus that transient share passes :data:`RETIRE_FRACTION` of the limit
-    retires after answering, and the pool starts a fresh one.
+    plus that transient share leaves less than :data:`HEADROOM` of the limit
+    for the next program's own data retires after answering, and the pool
+    starts a fresh one.
     """
 
-    #: Share of the memory limit a worker may plan to use for its next evaluation.
-    RETIRE_FRACTION = 0.9
+    #: Address space (bytes) the next evaluation's program needs at least.
+    HEADROOM = 64 * 1024 * 1024
 
     def __init__(self, limit: int) -> None:
         size, peak = virtual_bytes()
@@ -317,7 +318,7 @@ class AddressSpace:
         if not self.limit:
             return False
         size, _ = virtual_bytes()
-        return size + self.transient > self.limit * self.RETIRE_FRACTION
+        return size + self.transient + self.HEADROOM > self.limit
 
 
 def serve(

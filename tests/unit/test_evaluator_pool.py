@@ -704,9 +704,7 @@ def test_a_worker_without_room_for_another_evaluation_retires() -> None:
     assert room.transient == peak - size
     roomy = AddressSpace(64 * GiB)
     assert not roomy.exhausted()
-    tight = AddressSpace(
-        int((size + max(peak - size, 0)) / AddressSpace.RETIRE_FRACTION) + 64 * 2**20
-    )
+    tight = AddressSpace(size + max(peak - size, 0) + AddressSpace.HEADROOM + 64 * 2**20)
     assert not tight.exhausted()
     kept = bytearray(256 * 2**20)  # heap an evaluation left behind
     assert tight.exhausted()
