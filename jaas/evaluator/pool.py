@@ -469,6 +469,9 @@ class EvaluatorPool:
                 raise RuntimeError("the evaluator pool was closed during the evaluation")
             raise await self._crashed(worker, entry_file, label, span)
         reply, body = frame
+        relayed = reply.pop("span", None)
+        if isinstance(relayed, dict):
+            tracing.export_relayed_span(relayed)  # the evaluator's own span
         kind = reply.get("type")
         if kind == RESULT:
             if reply.get("retire"):

@@ -46,6 +46,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ from jaas.evaluator.request import (
     libraries_from_frame,
 )
 from jaas.evaluator.trees import DEFAULT_MEMORY_BYTES, TreeStore, resolve_trees
-from jaas.ipc import RELAY_HEADROOM, FrameError, recv_frame, send_frame
+from jaas.ipc import RELAY_HEADROOM, FrameError, Header, recv_frame, send_frame
 from jaas.observability import tracing
 from jaas.observability.memory import reset_peak_resident, virtual_bytes
 from jaas.sources.cache import ArtifactCache
@@ -387,42 +388,69 @@ def serve(
         )
         request = with_shared_libraries(request, shared)
         reset_peak_resident()
-        with tracing.span(
-            "jsonnet.evaluate",
-            context=tracing.extract(header),
-            attributes={
-                "jaas.entryFile": request.entry_file,
-                "jaas.evaluator.engine": engine().name,
-            },
-        ) as span:
-            _limit_cpu(cpu_limit)
-            outcome = _run_in_thread(request)
-            _limit_cpu(0)
-            if outcome.result is None:
-                tracing.record_failure(span, outcome.reason.value, outcome.message, transient=False)
-            else:
-                span.set_attribute("jaas.eval.renderedBytes", outcome.result.size)
+        started = time.time_ns()
+        _limit_cpu(cpu_limit)
+        outcome = _run_in_thread(request)
+        _limit_cpu(0)
+        span = _evaluation_span(header, request, outcome, started)
         del request
         retire = outcome.retire or room.exhausted()
         if outcome.result is None:
             reply = error_header(outcome.message, retire=retire, reason=outcome.reason.value)
-            send_frame(sock, reply)
+            send_frame(sock, {**reply, **span})
         else:
-            send_result(sock, outcome.result, retire=retire)
+            send_result(sock, outcome.result, retire=retire, extra=span)
         del outcome  # the output is not kept while waiting for the next request
         if retire:
             return 1
 
 
-def send_result(sock: socket.socket, result: EvaluationResult, *, retire: bool = False) -> None:
+#: Resource attributes of this evaluator process in the spans it records.
+_PROCESS: dict[str, str | int] = {
+    "service.instance.id": str(uuid.uuid4()),
+    "process.pid": os.getpid(),
+    "jaas.process.kind": "evaluator",
+}
+
+
+def _evaluation_span(
+    header: Header, request: EvaluationRequest, outcome: _Outcome, started: int
+) -> Header:
+    """``{"span": ...}`` for the answer: this evaluation's span, which the leader exports.
+
+    Empty when the request carries no sampled trace context. The evaluator
+    itself loads no tracing SDK (see :mod:`jaas.observability.tracing`).
+    """
+    attributes: dict[str, str | int | bool] = {
+        "jaas.entryFile": request.entry_file,
+        "jaas.evaluator.engine": engine().name,
+    }
+    if outcome.result is not None:
+        attributes["jaas.eval.renderedBytes"] = outcome.result.size
+    failure = None if outcome.result is not None else (outcome.reason.value, outcome.message)
+    span = tracing.evaluation_span(
+        header, "jsonnet.evaluate", started, time.time_ns(), attributes, failure, _PROCESS
+    )
+    return {} if span is None else {"span": span}
+
+
+def send_result(
+    sock: socket.socket,
+    result: EvaluationResult,
+    *,
+    retire: bool = False,
+    extra: Header | None = None,
+) -> None:
     """Send ``result``'s frame, or ``ArtifactTooLarge`` if it cannot be relayed as one frame.
 
     The header keeps ``RELAY_HEADROOM`` free for the leader, which forwards
     the frame to the shard inside its own; the check happens before anything
     is written, so neither the leader nor the shard ever buffers such a frame.
-    ``retire`` tells the pool that this worker exits after the frame.
+    ``retire`` tells the pool that this worker exits after the frame;
+    ``extra`` adds header fields (the evaluation's span).
     """
     header, payload = result.to_frame()
+    header.update(extra or {})
     if retire:
         header["retire"] = True
     try:
@@ -458,9 +486,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     _die_with_parent(args.parent_pid)
     if args.memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (args.memory_limit, args.memory_limit))
-    # Before the stack size is raised: the span exporter's threads need no
-    # 256 MiB stacks of address space each.
-    provider = tracing.setup_tracing("evaluator")
     threading.stack_size(args.stack_size)
     try:
         engine(args.engine)
@@ -479,7 +504,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         sock.close()
-        tracing.shutdown_tracing(provider)
 
 
 if __name__ == "__main__":

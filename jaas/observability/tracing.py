@@ -23,6 +23,11 @@ leader and the evaluator process that continue it.
 
 Context travels between processes in message headers (:func:`inject`,
 :func:`extract`) as W3C Trace Context (``traceparent``).
+
+Evaluator processes run under a hard address-space limit and never load the
+SDK or gRPC: an evaluator records its span as plain data
+(:func:`evaluation_span`, in its answer to the leader) and the leader exports
+it with the evaluator's own resource (:func:`export_relayed_span`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import uuid
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -65,6 +71,8 @@ _PROTOCOLS: Final = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_P
 _Header = TypeVar("_Header", bound=MutableMapping[str, Any])
 
 tracer = trace.get_tracer(TRACER_NAME)
+#: The span processor ``setup_tracing`` installed (exports relayed spans too).
+_processor: Any = None
 
 
 def apply_tracing_flags(
@@ -175,8 +183,10 @@ def setup_tracing(
         )
 
         exporter = HttpExporter()
+    global _processor
     provider = TracerProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    _processor = BatchSpanProcessor(exporter)
+    provider.add_span_processor(_processor)
     trace.set_tracer_provider(provider)
     log.debug("tracing: exporting spans over OTLP %s", protocol)
     return provider
@@ -299,6 +309,95 @@ def revision_link(kind: str, namespace: str, name: str, revision: str) -> trace.
             "flux.source.revision": revision,
         },
     )
+
+
+def evaluation_span(
+    header: Mapping[str, Any],
+    name: str,
+    start_ns: int,
+    end_ns: int,
+    attributes: Mapping[str, str | int | bool],
+    failure: tuple[str, str] | None,
+    process: Mapping[str, str | int],
+) -> dict[str, Any] | None:
+    """A finished span as plain data, for a process that exports none itself.
+
+    Args:
+        header: the request that carried the parent context (:func:`inject`).
+        name: the span name.
+        start_ns: wall-clock start, nanoseconds since the epoch.
+        end_ns: wall-clock end, nanoseconds since the epoch.
+        attributes: the span's attributes.
+        failure: ``(reason, message)`` of a failure, or None.
+        process: resource attributes of the recording process
+            (``service.instance.id``, ``process.pid``, ``jaas.process.kind``).
+
+    Returns:
+        The span for :func:`export_relayed_span`, or None when the request
+        carries no sampled context (tracing off, or this trace not sampled).
+    """
+    context = extract(header)
+    parent = trace.get_current_span(context).get_span_context() if context else None
+    if parent is None or not parent.is_valid or not parent.trace_flags.sampled:
+        return None
+    doc: dict[str, Any] = {
+        "name": name,
+        "trace_id": format(parent.trace_id, "032x"),
+        "span_id": format(random.getrandbits(64) or 1, "016x"),
+        "parent_span_id": format(parent.span_id, "016x"),
+        "start_ns": start_ns,
+        "end_ns": end_ns,
+        "attributes": dict(attributes),
+        "process": dict(process),
+    }
+    if failure is not None:
+        reason, message = failure
+        doc["attributes"] = {**doc["attributes"], "jaas.reason": reason, "jaas.transient": False}
+        doc["error"] = f"{reason}: {message}"[:STATUS_MESSAGE_CHARS]
+    return doc
+
+
+def export_relayed_span(doc: Mapping[str, Any]) -> None:
+    """Export a span :func:`evaluation_span` recorded in another process, as that process's.
+
+    The span keeps its ids, times and attributes; its resource is this
+    process's with the recording process's attributes in place of its own.
+    Nothing happens when this process does not export spans. A malformed
+    span is logged and dropped.
+    """
+    if _processor is None:
+        return
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace.status import Status
+
+    provider = trace.get_tracer_provider()
+    try:
+        trace_id = int(str(doc["trace_id"]), 16)
+        flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        span = ReadableSpan(
+            name=str(doc["name"]),
+            context=trace.SpanContext(trace_id, int(str(doc["span_id"]), 16), False, flags),
+            parent=trace.SpanContext(trace_id, int(str(doc["parent_span_id"]), 16), True, flags),
+            resource=getattr(provider, "resource", Resource.get_empty()).merge(
+                Resource(dict(doc["process"]))
+            ),
+            attributes=dict(doc["attributes"]),
+            kind=trace.SpanKind.INTERNAL,
+            status=(
+                Status(trace.StatusCode.ERROR, str(doc["error"]))
+                if doc.get("error")
+                else Status(trace.StatusCode.UNSET)
+            ),
+            start_time=int(doc["start_ns"]),
+            end_time=int(doc["end_ns"]),
+            instrumentation_scope=InstrumentationScope(TRACER_NAME),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        log.warning("tracing: dropped a malformed relayed span: %r", err)
+        return
+    _processor.on_end(span)
 
 
 def trace_ids() -> dict[str, str]:

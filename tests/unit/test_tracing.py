@@ -149,3 +149,44 @@ def test_trace_ids_are_empty_outside_a_span() -> None:
         assert tracing.http_headers() == {}
     finally:
         otel_context.detach(token)
+
+
+def test_an_evaluator_span_travels_as_data_and_is_exported_as_the_evaluators(
+    exported: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    process: dict[str, str | int] = {
+        "service.instance.id": "e-1",
+        "process.pid": 4242,
+        "jaas.process.kind": "evaluator",
+    }
+    assert tracing.evaluation_span({}, "jsonnet.evaluate", 1, 2, {}, None, process) is None
+    with tracing.span("evaluator.evaluate") as parent:
+        header: dict[str, Any] = tracing.inject({"type": "evaluate"})
+    doc = tracing.evaluation_span(
+        header,
+        "jsonnet.evaluate",
+        1_000,
+        2_000,
+        {"jaas.entryFile": "main.jsonnet"},
+        ("EvaluationFailed", "main.jsonnet:1:1 boom"),
+        process,
+    )
+    assert doc is not None
+    assert doc["trace_id"] == format(parent.get_span_context().trace_id, "032x")
+    assert doc["parent_span_id"] == format(parent.get_span_context().span_id, "016x")
+    relay = InMemorySpanExporter()
+    monkeypatch.setattr(tracing, "_processor", SimpleSpanProcessor(relay))
+    tracing.export_relayed_span(doc)
+    tracing.export_relayed_span({"name": "broken"})  # malformed: dropped, not raised
+    (span,) = relay.get_finished_spans()
+    assert span.name == "jsonnet.evaluate"
+    assert format(span.context.span_id, "016x") == doc["span_id"]
+    assert span.parent is not None
+    assert span.parent.span_id == parent.get_span_context().span_id
+    assert (span.start_time, span.end_time) == (1_000, 2_000)
+    assert span.resource.attributes["jaas.process.kind"] == "evaluator"
+    assert span.resource.attributes["process.pid"] == 4242
+    assert span.status.status_code is trace.StatusCode.ERROR
+    assert span.status.description == "EvaluationFailed: main.jsonnet:1:1 boom"
+    assert span.attributes is not None
+    assert span.attributes["jaas.reason"] == "EvaluationFailed"
