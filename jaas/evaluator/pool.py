@@ -109,7 +109,7 @@ _LONGEST_SIGN = max(len(sign) for sign in _OUT_OF_MEMORY_BYTES)
 
 
 #: Seconds a worker told to stop (its socket closed) may take to exit before
-#: it is killed: long enough to export its last spans (``FLUSH_TIMEOUT``).
+#: it is killed: an idle one exits at once, one that is busy retiring finishes.
 REAP_GRACE = 5.0
 
 
@@ -348,7 +348,7 @@ class EvaluatorPool:
         """Stop every worker and wait for them; pending ``evaluate`` calls fail.
 
         An idle worker is told to stop by closing its socket and exits on its
-        own (exporting the spans it still holds), or is killed after
+        own (its span already went out with its last answer), or is killed after
         ``REAP_GRACE`` seconds; a busy one is killed at once.
         """
         self._closed = True
@@ -719,7 +719,7 @@ class EvaluatorPool:
         """Kill ``worker`` (if still running) and start a replacement once.
 
         ``exiting``: the worker said it retires and exits by itself; it is
-        given ``REAP_GRACE`` seconds (to export its spans) before it is killed.
+        given ``REAP_GRACE`` seconds to exit cleanly before it is killed.
         """
         worker.busy = False
         if worker.retired:
