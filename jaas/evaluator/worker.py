@@ -47,7 +47,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,8 +309,10 @@ class AddressSpace:
     #: Address space (bytes) the next evaluation's program needs at least.
     HEADROOM = 64 * 1024 * 1024
 
-    def __init__(self, limit: int) -> None:
-        size, peak = virtual_bytes()
+    def __init__(self, limit: int, measure: Callable[[], tuple[int, int]] = virtual_bytes) -> None:
+        """``limit``: ``RLIMIT_AS`` bytes (0: none); ``measure``: ``(VmSize, VmPeak)`` now."""
+        self.measure = measure
+        size, peak = measure()
         self.limit = limit
         self.transient = max(peak - size, 0)
 
@@ -318,7 +320,7 @@ class AddressSpace:
         """Whether the next evaluation might not find the room it needs (never without a limit)."""
         if not self.limit:
             return False
-        size, _ = virtual_bytes()
+        size, _ = self.measure()
         return size + self.transient + self.HEADROOM > self.limit
 
 

@@ -21,7 +21,6 @@ from jaas.evaluator.libraries import load_library_paths
 from jaas.evaluator.pool import EvaluatorPool, format_bytes
 from jaas.evaluator.request import EvaluationRequest, EvaluationResult, EvaluatorBusy
 from jaas.evaluator.worker import AddressSpace
-from jaas.observability.memory import virtual_bytes
 
 GiB = 1024**3
 ENDLESS = b"std.foldl(function(a, b) a + b, std.range(1, 1000000000), 0)"
@@ -697,16 +696,21 @@ async def test_jrsonnet_answers_cleanly_where_rjsonnet_crashes(source: str, says
 
 
 def test_a_worker_without_room_for_another_evaluation_retires() -> None:
-    # The retire check of the worker, on this process's own address space.
-    room = AddressSpace(0)
-    assert not room.exhausted()  # no limit: never
-    size, peak = virtual_bytes()
-    assert room.transient == peak - size
-    roomy = AddressSpace(64 * GiB)
-    assert not roomy.exhausted()
-    tight = AddressSpace(size + max(peak - size, 0) + AddressSpace.HEADROOM + 64 * 2**20)
-    assert not tight.exhausted()
-    kept = bytearray(256 * 2**20)  # heap an evaluation left behind
-    assert tight.exhausted()
-    del kept
-    assert not tight.exhausted()
+    # The worker's retire check over a scripted address space (MiB figures):
+    # 300 kept and a self-test that peaked 512 higher.
+    mib = 2**20
+    sizes = [(300 * mib, 812 * mib)]
+
+    def measure() -> tuple[int, int]:
+        return sizes[-1]
+
+    assert not AddressSpace(0, measure).exhausted()  # no limit: never
+    room = AddressSpace(1024 * mib, measure)
+    assert room.transient == 512 * mib
+    assert not room.exhausted()  # 300 + 512 + 64 <= 1024
+    sizes.append((448 * mib, 1000 * mib))  # 148 MiB of heap left behind
+    assert not room.exhausted()
+    sizes.append((448 * mib + 1, 1000 * mib))
+    assert room.exhausted()  # the next evaluation would have less than 64 MiB
+    assert not AddressSpace(2048 * mib, measure).exhausted()
+    assert AddressSpace(1024 * mib).transient >= 0  # this process, measured for real
